@@ -1,0 +1,204 @@
+"""One schema per artifact: column names, types and nullability (DESIGN.md section 2).
+
+``validate_frame`` is the single gate every artifact passes through when it is read or
+written; errors name the file, the 1-based row and the column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from mipo_engine.errors import InputError
+
+TASKS = ("general", "personalization", "math", "mcq")
+STRATEGIES = ("missing-context", "random-context", "random-prompt", "prompt")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: pl.DataType
+    nullable: bool = False
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class ArtifactSchema:
+    name: str
+    columns: tuple[Column, ...]
+    key: str = "id"
+
+    @property
+    def names(self) -> list[str]:
+        return [column.name for column in self.columns]
+
+    def polars_schema(self) -> dict[str, pl.DataType]:
+        return {column.name: column.dtype for column in self.columns}
+
+    def empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=self.polars_schema())
+
+
+_STR = pl.String()
+_I64 = pl.Int64()
+_F64 = pl.Float64()
+_STR_LIST = pl.List(pl.String())
+
+PROMPTS = ArtifactSchema(
+    "prompts",
+    (
+        Column("id", _STR, doc="unique row id"),
+        Column("prompt", _STR, doc="the user request x"),
+        Column("context", _STR, True, doc="the user context c as text"),
+        Column("context_items", _STR_LIST, True, doc="the preference items making up c"),
+        Column("context_group", _STR, True, doc="pool of contexts eligible for this prompt"),
+        Column("task", _STR, doc="general | personalization | math | mcq"),
+        Column("answer", _STR, True, doc="gold answer, evaluation only"),
+        Column("choices", _STR_LIST, True, doc="answer options for mcq"),
+        Column("source", _STR, doc="where the row came from"),
+    ),
+)
+
+GENERATIONS = ArtifactSchema(
+    "generations",
+    (
+        Column("id", _STR, doc="pair id"),
+        Column("prompt_id", _STR),
+        Column("prompt", _STR),
+        Column("context", _STR, True),
+        Column("chosen", _STR),
+        Column("rejected", _STR),
+        Column("strategy", _STR),
+        Column("negative_source", _STR, doc="context or prompt id used for the rejected sample"),
+        Column("chosen_input", _STR, doc="exact rendered conditioning of the chosen sample"),
+        Column("rejected_input", _STR, doc="exact rendered conditioning of the rejected sample"),
+        Column("model", _STR),
+        Column("seed", _I64),
+        Column("chosen_finish_reason", _STR),
+        Column("rejected_finish_reason", _STR),
+        Column("chosen_tokens", _I64),
+        Column("rejected_tokens", _I64),
+    ),
+)
+
+SCORES = ArtifactSchema(
+    "scores",
+    (
+        Column("id", _STR),
+        Column("ref_chosen_logps", _F64),
+        Column("ref_rejected_logps", _F64),
+        Column("chosen_tokens", _I64),
+        Column("rejected_tokens", _I64),
+        Column("pmi_chosen", _F64, True),
+    ),
+)
+
+SCHEMAS: dict[str, ArtifactSchema] = {
+    schema.name: schema for schema in (PROMPTS, GENERATIONS, SCORES)
+}
+
+
+def register_schema(schema: ArtifactSchema) -> ArtifactSchema:
+    """Add an artifact schema defined by a stage module (contexts, rubrics, judgments...)."""
+    existing = SCHEMAS.get(schema.name)
+    if existing is not None and existing != schema:
+        raise ValueError(f"artifact schema {schema.name!r} is already defined differently")
+    SCHEMAS[schema.name] = schema
+    return schema
+
+
+def get_schema(name: str) -> ArtifactSchema:
+    try:
+        return SCHEMAS[name]
+    except KeyError:
+        raise ValueError(f"unknown artifact {name!r}; known: {sorted(SCHEMAS)}") from None
+
+
+def _first_bad_row(mask: pl.Series) -> int:
+    """1-based index of the first True in a boolean mask."""
+    return int(mask.arg_true()[0]) + 1
+
+
+def validate_frame(
+    frame: pl.DataFrame,
+    schema: ArtifactSchema,
+    *,
+    file: str | Path | None = None,
+    allow_extra: bool = True,
+) -> pl.DataFrame:
+    """Check ``frame`` against ``schema``; return it cast and ordered (extra columns last).
+
+    Raises InputError naming the file, row and column on the first problem found: a missing
+    column, a value of the wrong type, a null in a required column, an empty key or a
+    duplicated key.
+    """
+    missing = [name for name in schema.names if name not in frame.columns]
+    if missing:
+        raise InputError(
+            f"missing column(s) {missing} for a '{schema.name}' artifact "
+            f"(found {frame.columns})",
+            file=file,
+            field=missing[0],
+        )
+    casts = []
+    for column in schema.columns:
+        series = frame[column.name]
+        if series.dtype == column.dtype:
+            continue
+        if series.dtype == pl.Null:
+            casts.append(pl.col(column.name).cast(column.dtype))
+            continue
+        try:
+            cast = series.cast(column.dtype, strict=True)
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError):
+            cast = series.cast(column.dtype, strict=False)
+            bad = cast.is_null() & series.is_not_null()
+            row = _first_bad_row(bad) if bad.any() else None
+            raise InputError(
+                f"expected {column.dtype}, got {series.dtype}",
+                file=file,
+                row=row,
+                field=column.name,
+            ) from None
+        if column.dtype in (_I64, _F64) and series.dtype == pl.String():
+            raise InputError(
+                f"expected a number, got text ({series.dtype})", file=file, field=column.name
+            )
+        frame = frame.with_columns(cast.alias(column.name))
+    if casts:
+        frame = frame.with_columns(casts)
+    for column in schema.columns:
+        series = frame[column.name]
+        if not column.nullable and series.null_count():
+            raise InputError(
+                "value is missing (null)",
+                file=file,
+                row=_first_bad_row(series.is_null()),
+                field=column.name,
+            )
+        if column.dtype == _F64:
+            non_finite = series.is_not_null() & ~series.is_finite()
+            if non_finite.any():
+                raise InputError(
+                    "value is not a finite number (NaN or inf)",
+                    file=file,
+                    row=_first_bad_row(non_finite.fill_null(False)),
+                    field=column.name,
+                )
+    key = frame[schema.key]
+    empty = key.str.strip_chars().str.len_chars() == 0
+    if empty.any():
+        raise InputError("empty id", file=file, row=_first_bad_row(empty), field=schema.key)
+    duplicated = key.is_duplicated()
+    if duplicated.any():
+        row = _first_bad_row(duplicated)
+        raise InputError(
+            f"duplicate id {key[row - 1]!r}", file=file, row=row, field=schema.key
+        )
+    extra = [name for name in frame.columns if name not in schema.names]
+    if extra and not allow_extra:
+        raise InputError(f"unexpected column(s) {extra}", file=file, field=extra[0])
+    return frame.select(schema.names + extra)

@@ -1,0 +1,110 @@
+"""Reading and writing artifacts: Parquet plus a JSON manifest, written atomically.
+
+An artifact ``X.parquet`` is complete when ``X.parquet`` and ``X.manifest.json`` both exist;
+the manifest is written last, so a crash at any point leaves either nothing visible or an
+artifact without a manifest, which every stage treats as absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mipo_engine.artifacts.schemas import ArtifactSchema, validate_frame
+from mipo_engine.errors import InputError
+
+
+def manifest_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + ".manifest.json")
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp)
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when the artifact and its manifest both exist."""
+    path = Path(path)
+    return path.is_file() and manifest_path(path).is_file()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    return json.loads(manifest_path(path).read_text(encoding="utf-8"))
+
+
+def write_artifact(
+    frame: pl.DataFrame,
+    path: str | Path,
+    schema: ArtifactSchema,
+    manifest: dict[str, Any],
+) -> Path:
+    """Validate ``frame``, write it and then its manifest, both atomically."""
+    path = Path(path)
+    frame = validate_frame(frame, schema, file=path)
+    manifest_file = manifest_path(path)
+    if manifest_file.exists():
+        manifest_file.unlink()  # the old manifest must not vouch for the new data
+    write_parquet_atomic(frame, path)
+    manifest = dict(manifest)
+    manifest["output"] = {
+        "path": str(path),
+        "artifact": schema.name,
+        "rows": frame.height,
+        "sha256": file_sha256(path),
+        "schema": {name: str(dtype) for name, dtype in frame.schema.items()},
+    }
+    write_json_atomic(manifest_file, manifest)
+    return path
+
+
+def read_artifact(path: str | Path, schema: ArtifactSchema) -> pl.DataFrame:
+    """Read and validate a Parquet artifact; errors name the file, row and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", file=path)
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as error:  # polars raises several types for corrupt files
+        raise InputError(f"not a readable Parquet file ({error})", file=path) from None
+    return validate_frame(frame, schema, file=path)

@@ -1,0 +1,296 @@
+"""transformers backend: batched, length-sorted generation and scoring on CPU or CUDA.
+
+Sampling is reproducible per row: each request carries its own seed, and the sampler draws
+the row's randomness from a generator seeded with it (Gumbel-max sampling), so a row's
+completion does not depend on which other rows share its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from mipo_engine.backends.base import (
+    Backend,
+    Completion,
+    GenerationRequest,
+    SamplingConfig,
+    ScoreResult,
+)
+from mipo_engine.chat import (
+    DEFAULT_STOP,
+    Message,
+    default_chat_template,
+    ensure_chat_template,
+    render_chat,
+)
+from mipo_engine.errors import BackendError
+from mipo_engine.models import resolve_model
+from mipo_engine.tokenization import encode_pair, encode_prompt
+from mipo_engine.training.logps import sequence_logps
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """bf16 on GPU, fp32 on CPU unless asked otherwise."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            dtype
+        ]
+    except KeyError:
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
+
+
+def load_model_and_tokenizer(
+    model: str | None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    adapter: str | None = None,
+) -> tuple[Any, Any, str]:
+    """Load a causal LM and its tokenizer (default template added when it has none)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(model)
+    torch_device = pick_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        network = AutoModelForCausalLM.from_pretrained(
+            path, dtype=pick_dtype(dtype, torch_device)
+        )
+    except OSError as error:
+        raise BackendError(f"cannot load model {model or 'default'!r}: {error}") from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        network = PeftModel.from_pretrained(network, adapter)
+    ensure_chat_template(tokenizer)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    network.to(torch_device).eval()
+    return network, tokenizer, path
+
+
+class _RowSeededSampler:
+    """Logits processor: temperature, top-p, then Gumbel noise from each row's own generator.
+
+    With greedy decoding over the perturbed scores this draws exactly from the top-p
+    filtered softmax(logits / T) (the Gumbel-max trick).
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+            cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
+            # Drop a token when the mass before it already reaches top_p (keeps at least one).
+            drop_sorted = (cumulative - torch.softmax(sorted_scores, dim=-1)) >= self.top_p
+            drop = drop_sorted.scatter(1, order, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        uniforms = torch.stack(
+            [torch.rand(scores.shape[1], generator=g) for g in self.generators]
+        ).to(scores.device)
+        gumbel = -torch.log(-torch.log(uniforms.clamp(1e-20, 1.0 - 1e-7)))
+        return scores + gumbel
+
+
+class _StopOnStrings:
+    """Stopping criterion: a row is done once its new text contains a stop string.
+
+    Only the last few tokens are decoded each step; transformers' own stop-string support
+    precomputes a table over the whole vocabulary, which takes minutes for 262k tokens.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_width: int, stop: tuple[str, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+        self.stop = stop
+        self.tail = 8 + max(len(s) for s in stop)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
+        tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - self.tail) :].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        done = [any(s in text for s in self.stop) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class HFBackend(Backend):
+    """Generation and scoring with a transformers causal LM."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 8,
+        adapter: str | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.tokenizer, path = load_model_and_tokenizer(
+            model, device=device, dtype=dtype, adapter=adapter
+        )
+        super().__init__(model or "default")
+        self.model_path = path
+        self.device = next(self.model.parameters()).device
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+
+    def render(self, messages: list[Message]) -> str:
+        return render_chat(self.tokenizer, messages)
+
+    def default_stop(self) -> tuple[str, ...]:
+        uses_default = self.tokenizer.chat_template == default_chat_template()
+        return DEFAULT_STOP if uses_default else ()
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingConfig
+    ) -> list[Completion]:
+        encoded = [encode_prompt(self.tokenizer, self.render(r.messages)) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
+        results: list[Completion | None] = [None] * len(requests)
+        stop = tuple(sampling.stop) or self.default_stop()
+        with Progress(disable=not self.show_progress, transient=True) as progress:
+            task = progress.add_task("generating", total=len(requests))
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                outputs = self._generate_batch(
+                    [encoded[i] for i in batch], [requests[i].seed for i in batch], sampling, stop
+                )
+                for index, completion in zip(batch, outputs, strict=True):
+                    results[index] = completion
+                progress.advance(task, len(batch))
+        self.stats.requests += len(requests)
+        return [r for r in results if r is not None]
+
+    @torch.no_grad()
+    def _generate_batch(
+        self,
+        prompts: list[list[int]],
+        seeds: list[int],
+        sampling: SamplingConfig,
+        stop: tuple[str, ...],
+    ) -> list[Completion]:
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        processors = LogitsProcessorList()
+        if not sampling.greedy:
+            processors.append(_RowSeededSampler(seeds, sampling.temperature, sampling.top_p))
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=sampling.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+            top_k=None,
+            top_p=None,
+            temperature=None,
+        )
+        stopping = StoppingCriteriaList([_StopOnStrings(self.tokenizer, width, stop)] if stop else [])
+        output = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            generation_config=config,
+            logits_processor=processors,
+            stopping_criteria=stopping,
+        )
+        new_tokens = output[:, width:].tolist()
+        return [self._finish(tokens, sampling, stop) for tokens in new_tokens]
+
+    def _finish(
+        self, tokens: list[int], sampling: SamplingConfig, stop: tuple[str, ...]
+    ) -> Completion:
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        ended = False
+        if eos in tokens:
+            tokens = tokens[: tokens.index(eos)]
+            ended = True
+        while tokens and tokens[-1] == pad and pad != eos:
+            tokens.pop()
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+            tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ended = True
+        finish = "stop" if ended or len(tokens) < sampling.max_new_tokens else "length"
+        return Completion(text=text.strip(), finish_reason=finish, num_tokens=len(tokens))
+
+    # -- scoring --------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        max_length: int | None = None,
+    ) -> list[ScoreResult]:
+        pairs = [
+            encode_pair(self.tokenizer, p, r, max_length=max_length)
+            for p, r in zip(prompts, responses, strict=True)
+        ]
+        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i].input_ids))
+        results: list[ScoreResult | None] = [None] * len(pairs)
+        with Progress(disable=not self.show_progress, transient=True) as progress:
+            task = progress.add_task("scoring", total=len(pairs))
+            for start in range(0, len(order), self.batch_size):
+                batch = [pairs[i] for i in order[start : start + self.batch_size]]
+                ids, attention, response = pad_pairs(batch, self.tokenizer.pad_token_id)
+                logps, counts = sequence_logps(
+                    self.model,
+                    ids.to(self.device),
+                    attention.to(self.device),
+                    response.to(self.device),
+                )
+                for index, logp, count in zip(
+                    order[start : start + self.batch_size], logps.tolist(), counts.tolist(),
+                    strict=True,
+                ):
+                    results[index] = ScoreResult(logp=logp, num_tokens=int(count))
+                progress.advance(task, len(batch))
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        del self.model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def pad_pairs(
+    pairs: Sequence[Any], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad encoded pairs: (input_ids, attention_mask, response_mask) as [B, T]."""
+    width = max(len(p.input_ids) for p in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(pairs), width), dtype=torch.long)
+    response = torch.zeros((len(pairs), width), dtype=torch.bool)
+    for row, pair in enumerate(pairs):
+        length = len(pair.input_ids)
+        ids[row, :length] = torch.tensor(pair.input_ids)
+        attention[row, :length] = 1
+        response[row, pair.response_start : length] = True
+    return ids, attention, response

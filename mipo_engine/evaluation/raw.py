@@ -1,0 +1,209 @@
+"""Raw-text completion and next-token log-probs, for the benchmark prompts of ``mipo eval``.
+
+The benchmark prompts (8-shot math, zero-shot MCQ; seed 004 App. C.1/C.3) are plain
+completion prompts, not chats, and the MCQ entropy needs the log-probs of a few given tokens
+at one position. The ``Backend`` interface speaks chat messages and scores whole responses,
+so this module reaches into the two local backends:
+
+- ``hf``: ``HFBackend.model`` / ``.tokenizer`` and its batched ``_generate_batch``;
+- ``vllm``: the backend's ``vllm.LLM`` engine (``.llm``) and its tokenizer.
+
+INTERNALS: both paths depend on backend attributes that are not part of ``Backend``. The
+clean fix is a ``raw: bool`` field on ``GenerationRequest`` (text used as is, no chat template)
+plus a ``next_token_logprobs(token_ids, candidates)`` backend method; until then these helpers
+are the one place that knows the internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mipo_engine.backends.base import Backend, Completion, SamplingConfig
+from mipo_engine.errors import ConfigError
+from mipo_engine.tokenization import encode_prompt
+
+RAW_BACKENDS = ("hf", "vllm")
+
+
+def check_raw_support(backend: Backend) -> None:
+    """ConfigError unless ``backend`` can run raw-text prompts and read next-token log-probs."""
+    if backend.name not in RAW_BACKENDS:
+        raise ConfigError(
+            f"the {backend.name} backend cannot run benchmark prompts (raw text and answer "
+            f"log-probs are needed); use one of {', '.join(RAW_BACKENDS)}",
+            key="backend",
+        )
+
+
+def backend_tokenizer(backend: Backend) -> Any:
+    """The tokenizer a local backend encodes with."""
+    check_raw_support(backend)
+    if backend.name == "hf":
+        return backend.tokenizer  # type: ignore[attr-defined]
+    return backend.llm.get_tokenizer()  # type: ignore[attr-defined]
+
+
+def with_bos(tokenizer: Any, token_ids: Sequence[int]) -> list[int]:
+    """``token_ids`` with the BOS token in front, as ``encode_prompt`` gives prompts."""
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not token_ids or token_ids[0] != bos):
+        return [bos, *token_ids]
+    return list(token_ids)
+
+
+def complete_raw(
+    backend: Backend, texts: Sequence[str], seeds: Sequence[int], sampling: SamplingConfig
+) -> list[Completion]:
+    """One completion of each raw prompt text (no chat template), in input order."""
+    check_raw_support(backend)
+    if len(texts) != len(seeds):
+        raise ValueError(f"got {len(texts)} texts but {len(seeds)} seeds; pass one seed per text")
+    if not texts:
+        return []
+    if backend.name == "hf":
+        return _complete_hf(backend, texts, seeds, sampling)
+    return _complete_vllm(backend, texts, seeds, sampling)
+
+
+def _complete_hf(
+    backend: Any, texts: Sequence[str], seeds: Sequence[int], sampling: SamplingConfig
+) -> list[Completion]:
+    """Length-sorted batches through ``HFBackend._generate_batch`` (its left-padded generate)."""
+    encoded = [encode_prompt(backend.tokenizer, text) for text in texts]
+    order = sorted(range(len(texts)), key=lambda index: -len(encoded[index]))
+    results: list[Completion | None] = [None] * len(texts)
+    for start in range(0, len(order), backend.batch_size):
+        batch = order[start : start + backend.batch_size]
+        outputs = backend._generate_batch(
+            [encoded[i] for i in batch], [seeds[i] for i in batch], sampling, sampling.stop
+        )
+        for index, completion in zip(batch, outputs, strict=True):
+            results[index] = completion
+    backend.stats.requests += len(texts)
+    return [result for result in results if result is not None]
+
+
+def _complete_vllm(
+    backend: Any, texts: Sequence[str], seeds: Sequence[int], sampling: SamplingConfig
+) -> list[Completion]:
+    """All prompts in one ``LLM.generate`` call (vLLM keeps input order)."""
+    from vllm import SamplingParams
+
+    tokenizer = backend.llm.get_tokenizer()
+    prompts = [{"prompt_token_ids": encode_prompt(tokenizer, text)} for text in texts]
+    params = [
+        SamplingParams(
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            stop=list(sampling.stop) or None,
+            seed=int(seed),
+        )
+        for seed in seeds
+    ]
+    outputs = backend.llm.generate(prompts, params, use_tqdm=False)
+    completions = []
+    for output in outputs:
+        sample = output.outputs[0]
+        finish = "length" if sample.finish_reason == "length" else "stop"
+        completions.append(
+            Completion(text=sample.text.strip(), finish_reason=finish, num_tokens=len(sample.token_ids))
+        )
+    backend.stats.requests += len(texts)
+    return completions
+
+
+def candidate_logprobs(
+    backend: Backend,
+    contexts: Sequence[Sequence[int]],
+    candidates: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+) -> list[list[float]]:
+    """log pi(token | context) for each candidate token of each context, over the full vocab.
+
+    ``contexts[i]`` are token ids (BOS included); ``candidates[i]`` the token ids whose
+    next-token log-probs are wanted right after ``contexts[i]``.
+    """
+    check_raw_support(backend)
+    if len(contexts) != len(candidates):
+        raise ValueError(
+            f"got {len(contexts)} contexts but {len(candidates)} candidate lists; "
+            "pass one list per context"
+        )
+    if not contexts:
+        return []
+    if backend.name == "hf":
+        model = backend.model  # type: ignore[attr-defined]
+        pad = backend.tokenizer.pad_token_id  # type: ignore[attr-defined]
+        return next_token_logprobs(model, contexts, candidates, pad_id=pad, batch_size=batch_size)
+    return _candidate_logprobs_vllm(backend, contexts, candidates)
+
+
+@torch.no_grad()
+def next_token_logprobs(
+    model: Any,
+    contexts: Sequence[Sequence[int]],
+    candidates: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    batch_size: int = 8,
+) -> list[list[float]]:
+    """Next-token log-probs of given tokens after each context, with a transformers model.
+
+    Contexts are left-padded into batches so that every row's last position is its own last
+    token; position ids count real tokens only, so padding changes nothing but rounding.
+    Only the last position's logits are computed (``logits_to_keep=1``): full logits for a
+    262k-token vocabulary would take gigabytes.
+    """
+    device = next(model.parameters()).device
+    order = sorted(range(len(contexts)), key=lambda index: -len(contexts[index]))
+    results: list[list[float] | None] = [None] * len(contexts)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(contexts[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, index in enumerate(batch):
+            context = list(contexts[index])
+            ids[row, width - len(context) :] = torch.tensor(context)
+            attention[row, width - len(context) :] = 1
+        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+        logits = model(
+            input_ids=ids.to(device),
+            attention_mask=attention.to(device),
+            position_ids=positions.to(device),
+            logits_to_keep=1,
+        ).logits[:, -1, :]  # (B, V)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for row, index in enumerate(batch):
+            wanted = torch.tensor(list(candidates[index]), device=logprobs.device)
+            results[index] = logprobs[row, wanted].tolist()
+    return [result for result in results if result is not None]
+
+
+def _candidate_logprobs_vllm(
+    backend: Any, contexts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]]
+) -> list[list[float]]:
+    """Prompt log-probs of ``context + [candidate]``, one request per candidate.
+
+    vLLM returns only the top-k tokens of a generated position, which may miss a letter;
+    the log-prob of a token *in the prompt* is always returned (``prompt_logprobs=0``), and
+    prefix caching makes the shared context cheap.
+    """
+    from vllm import SamplingParams
+
+    prompts, owners = [], []
+    for index, (context, tokens) in enumerate(zip(contexts, candidates, strict=True)):
+        for token in tokens:
+            prompts.append({"prompt_token_ids": [*context, token]})
+            owners.append((index, token))
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    outputs = backend.llm.generate(prompts, params, use_tqdm=False)
+    results: list[list[float]] = [[] for _ in contexts]
+    for (index, token), output in zip(owners, outputs, strict=True):
+        results[index].append(output.prompt_logprobs[-1][token].logprob)
+    return results

@@ -1,0 +1,162 @@
+"""The ``eval`` artifact (per-item results of ``mipo eval``) and its summary.
+
+One row per evaluated response. Columns a task does not use are null: math and mcq fill
+``answer``/``prediction``/``correct`` (mcq also ``letter_logprobs``/``entropy``);
+personalization fills the adherence, log-prob, PMI and judge columns. ``summarize`` turns the
+rows into the numbers ``mipo eval`` prints and writes beside the artifact, with percentile
+bootstrap 95% intervals (``bootstrap_ci``) on accuracies, adherence, PMI and win rates;
+``mipo eval --compare`` calls the same function, so both always agree.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mipo_engine.artifacts.schemas import ArtifactSchema, Column, register_schema
+from mipo_engine.evaluation.personalization import diversity
+from mipo_engine.evaluation.stats import bootstrap_ci
+
+_STR, _I64, _F64, _BOOL = pl.String(), pl.Int64(), pl.Float64(), pl.Boolean()
+
+EVAL = register_schema(
+    ArtifactSchema(
+        "eval",
+        (
+            Column("id", _STR, doc="response id: the item id, plus '#k' for sample k > 0"),
+            Column("item_id", _STR, doc="id of the evaluated prompt row"),
+            Column("sample", _I64, doc="sample index for the item (0 unless --samples > 1)"),
+            Column("task", _STR, doc="eval task: gsm8k, svamp, mmlu, arc_easy, ..."),
+            Column("prompt", _STR, doc="the question or user request"),
+            Column("context", _STR, True, doc="the user context (personalization)"),
+            Column("context_items", pl.List(_STR), True, doc="the context's preference items"),
+            Column("input", _STR, doc="exact text the model was conditioned on"),
+            Column("response", _STR, doc="the model's output"),
+            Column("finish_reason", _STR, doc="stop or length"),
+            Column("response_tokens", _I64),
+            Column("seed", _I64, doc="sampling seed of this response"),
+            Column("answer", _STR, True, doc="gold answer (math, mcq)"),
+            Column("prediction", _STR, True, doc="extracted answer (math, mcq)"),
+            Column("correct", _BOOL, True, doc="prediction equals the gold answer"),
+            Column(
+                "letter_logprobs",
+                pl.List(_F64),
+                True,
+                doc="next-token log-probs of ' A', ' B', ... after 'The answer is:' (mcq)",
+            ),
+            Column("entropy", _F64, True, doc="entropy (nats) over the answer letters (mcq)"),
+            Column("verifiable_items", _I64, True, doc="checkable items in the context"),
+            Column("items_met", _I64, True, doc="checkable items the response satisfies"),
+            Column("logp_with_context", _F64, True, doc="log pi_base(y | x, c)"),
+            Column("logp_without_context", _F64, True, doc="log pi_base(y | x)"),
+            Column("pmi", _F64, True, doc="log pi_base(y | x, c) - log pi_base(y | x)"),
+            Column("judge_score", _F64, True, doc="aggregated rubric score of the response"),
+            Column("reference_score", _F64, True, doc="same for the reference response"),
+            Column("win", _F64, True, doc="1 if judge_score >= reference_score (ties win)"),
+        ),
+    )
+)
+
+
+def summary_path(output: str | Path) -> Path:
+    """Where the summary JSON of an eval artifact lives: ``E.parquet`` -> ``E.summary.json``."""
+    output = Path(output)
+    return output.with_name(output.stem + ".summary.json")
+
+
+def interval(values: Sequence[float], *, seed: int = 0) -> dict[str, float | int] | None:
+    """Mean with a percentile-bootstrap 95% interval, or None without values."""
+    if not values:
+        return None
+    mean, low, high = bootstrap_ci(values, seed=seed)
+    return {"mean": mean, "low": low, "high": high, "n": len(values)}
+
+
+def _distribution(values: Sequence[float]) -> dict[str, float | int] | None:
+    """Mean, standard deviation and median (the statistics of seed 004 Figs. 2-3)."""
+    if not values:
+        return None
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values),
+        "median": statistics.median(values),
+        "n": len(values),
+    }
+
+
+def _present(frame: pl.DataFrame, column: str) -> list[Any]:
+    return frame[column].drop_nulls().to_list()
+
+
+def _graded_summary(frame: pl.DataFrame) -> dict[str, Any]:
+    """Accuracy with interval, and the share of responses an answer could be read from."""
+    correct = [float(value) for value in frame["correct"].fill_null(False).to_list()]
+    return {
+        "accuracy": interval(correct),
+        "answered": frame["prediction"].is_not_null().mean(),
+    }
+
+
+def _entropy_summary(frame: pl.DataFrame) -> dict[str, Any]:
+    """Answer-letter entropy overall, for correct and for incorrect items (seed 004 Fig. 3)."""
+    with_entropy = frame.filter(pl.col("entropy").is_not_null())
+    right = with_entropy.filter(pl.col("correct").fill_null(False))
+    wrong = with_entropy.filter(~pl.col("correct").fill_null(False))
+    return {
+        "all": _distribution(_present(with_entropy, "entropy")),
+        "correct": _distribution(_present(right, "entropy")),
+        "incorrect": _distribution(_present(wrong, "entropy")),
+        "unavailable": frame.height - with_entropy.height,
+    }
+
+
+def _personalization_summary(frame: pl.DataFrame) -> dict[str, Any]:
+    """Adherence, PMI, self-BLEU and (when judged) scores and win rate."""
+    checkable = frame.filter(pl.col("verifiable_items") > 0)
+    shares = (checkable["items_met"] / checkable["verifiable_items"]).to_list()
+    met, total = int(checkable["items_met"].sum()), int(checkable["verifiable_items"].sum())
+    summary: dict[str, Any] = {
+        "adherence": interval(shares),
+        "adherence_items": {"met": met, "total": total, "rate": met / total if total else None},
+        "all_items_met": (
+            (checkable["items_met"] == checkable["verifiable_items"]).mean()
+            if checkable.height
+            else None
+        ),
+        "pmi": interval(_present(frame, "pmi")),
+        "self_bleu_4": diversity(
+            frame["response"].to_list(), frame["item_id"].to_list(), frame["sample"].to_list()
+        ),
+    }
+    if frame["judge_score"].is_not_null().any():
+        summary["judge"] = {
+            "score": _distribution(_present(frame, "judge_score")),
+            "reference_score": _distribution(_present(frame, "reference_score")),
+            "win_rate": interval(_present(frame, "win")),
+        }
+    return summary
+
+
+def summarize(frame: pl.DataFrame, kind: str) -> dict[str, Any]:
+    """Summary numbers of an eval artifact whose task is of ``kind`` (math, mcq, ...)."""
+    if frame.height == 0:
+        raise ValueError("no evaluated items to summarize")
+    summary: dict[str, Any] = {
+        "task": frame["task"][0],
+        "kind": kind,
+        "items": frame["item_id"].n_unique(),
+        "responses": frame.height,
+        "mean_response_tokens": frame["response_tokens"].mean(),
+        "hit_token_limit": (frame["finish_reason"] == "length").mean(),
+    }
+    if kind in ("math", "mcq"):
+        summary.update(_graded_summary(frame))
+    if kind == "mcq":
+        summary["entropy"] = _entropy_summary(frame)
+    if kind == "personalization":
+        summary.update(_personalization_summary(frame))
+    return summary

@@ -1,0 +1,109 @@
+"""What every stage shares: settings validation, seeds, input description, output writing."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mipo_engine.artifacts.journal import RowJournal
+from mipo_engine.artifacts.manifest import (
+    build_manifest,
+    describe_inputs,
+    fingerprint,
+    now_iso,
+)
+from mipo_engine.artifacts.schemas import ArtifactSchema
+from mipo_engine.artifacts.store import is_complete, read_manifest, write_artifact
+from mipo_engine.errors import ConfigError, InputError
+
+
+class StageConfig(BaseModel):
+    """Base for stage settings: unknown keys are errors, values are validated on creation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    @classmethod
+    def from_options(cls, **options: Any) -> StageConfig:
+        """Build from CLI options or a config mapping; errors name the offending key."""
+        try:
+            return cls(**options)
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(part) for part in first["loc"]) or None
+            raise ConfigError(first["msg"], key=key) from None
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 31-bit seed from the global seed and a row key: stable across runs and machines."""
+    text = ":".join([str(seed), *(str(p) for p in parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def check_output_path(output: Path, *inputs: Path | None) -> Path:
+    output = Path(output)
+    if output.suffix != ".parquet":
+        raise ConfigError(f"output must be a .parquet file, got {output}", key="out")
+    for path in inputs:
+        if path is not None and Path(path).resolve() == output.resolve():
+            raise ConfigError(f"output {output} would overwrite an input", key="out")
+    return output
+
+
+@dataclass
+class StageRun:
+    """One execution of a stage: its settings, inputs, journal and manifest."""
+
+    stage: str
+    output: Path
+    config: dict[str, Any]
+    inputs: dict[str, Path | None]
+    started_at: str = field(default_factory=now_iso)
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        self.input_info = describe_inputs(self.inputs)
+        self.fingerprint = fingerprint(self.config, self.input_info)
+
+    def up_to_date(self) -> bool:
+        """True when the output exists, is complete, and was made from these settings."""
+        if not is_complete(self.output):
+            return False
+        return read_manifest(self.output).get("fingerprint") == self.fingerprint
+
+    def journal(self, key: str = "id") -> RowJournal:
+        return RowJournal(self.output, self.fingerprint, key=key)
+
+    def write(
+        self,
+        frame: Any,
+        schema: ArtifactSchema,
+        *,
+        model: str | None = None,
+        backend: str | None = None,
+        seed: int | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> Path:
+        manifest = build_manifest(
+            self.stage,
+            self.config,
+            self.input_info,
+            started_at=self.started_at,
+            model=model,
+            backend=backend,
+            seed=seed,
+            stats=stats,
+        )
+        return write_artifact(frame, self.output, schema, manifest)
+
+
+def require_columns_non_empty(frame: Any, columns: list[str], file: Path) -> None:
+    """Reject empty or whitespace-only text in required text columns."""
+    for column in columns:
+        blank = frame[column].str.strip_chars().str.len_chars() == 0
+        if blank.any():
+            row = int(blank.arg_true()[0]) + 1
+            raise InputError("text is empty or whitespace", file=file, row=row, field=column)

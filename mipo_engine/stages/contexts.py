@@ -1,0 +1,630 @@
+"""``mipo contexts``: users' choices (or system messages) -> user contexts.
+
+Seed 004 sec. 5.3 and App. C.2: real users pick one of several replies but never say why, so
+an LLM reads each choice and writes the user's general, topic-agnostic preferences as a JSON
+object (snake_case keys, values of at most two sentences); "then we aggregate all the values
+as user-contexts". For Multifaceted-Bench the system-message preferences are rewritten into
+first-person user statements instead (``mode="system-to-user"``).
+
+Every reply is validated; only rows whose reply is unusable are asked again, each retry with a
+new seed derived from the global seed, the row and the attempt, at most ``max_attempts``
+times. Rows that still fail are recorded with their reasons in the manifest. Finished rows
+(successes and final failures) are journaled in chunks, so a killed run resumes where it
+stopped.
+
+The ``contexts`` artifact has one row per inferred preference item; ``contexts_to_prompts``
+(and ``as_prompts``) turns it into a prompts artifact with ``context``/``context_items`` for
+``mipo generate``: one prompt row per source row, pairing the user's own prompt with the
+context inferred from them.
+
+The retry loop ``ask_with_retries`` is shared with ``mipo rubrics`` and ``mipo judge``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+import polars as pl
+from pydantic import Field, model_validator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from mipo_engine.artifacts.schemas import PROMPTS, ArtifactSchema, Column, register_schema
+from mipo_engine.artifacts.store import is_complete, read_artifact
+from mipo_engine.backends.base import (
+    Backend,
+    Completion,
+    GenerationRequest,
+    SamplingConfig,
+    create_backend,
+)
+from mipo_engine.chat import Message
+from mipo_engine.errors import MipoError
+from mipo_engine.judging.validation import (
+    count_sentences,
+    parse_json_object,
+    validate_user_context,
+)
+from mipo_engine.sources.preferences import (
+    PreferenceExample,
+    SystemPreference,
+    read_preferences,
+    read_system_preferences,
+    snake_case,
+)
+from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
+from mipo_engine.templates import render
+
+console = Console(stderr=True)
+
+BackendName = Literal["hf", "vllm", "openai"]
+T = TypeVar("T")
+
+CONTEXTS = register_schema(
+    ArtifactSchema(
+        "contexts",
+        (
+            Column("id", pl.String(), doc="'<source_id>:<key>'"),
+            Column("source_id", pl.String(), doc="the preference row the item was inferred from"),
+            Column("user_id", pl.String(), True, doc="the user who made the choice, if known"),
+            Column("key", pl.String(), doc="snake_case label of the preference"),
+            Column("item", pl.String(), doc="the preference, at most two sentences"),
+            Column("context", pl.String(), doc="all items of the source row: the user context"),
+            Column("prompt", pl.String(), doc="the source row's prompt"),
+            Column("context_group", pl.String(), True, doc="prompt-tied pool (system-to-user)"),
+            Column("source", pl.String(), doc="input file name"),
+            Column("attempts", pl.Int64(), doc="model calls the row needed"),
+        ),
+    )
+)
+
+# --------------------------------------------------------------------------------------------
+# Asking a model with validation and bounded retries (shared by contexts, rubrics and judge)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    """One question for the model: ``key`` identifies the row and derives its seeds."""
+
+    key: str
+    messages: list[Message]
+
+
+@dataclass
+class Reply(Generic[T]):
+    """The parsed answer to a query, or the reason the last attempt failed."""
+
+    value: T | None = None
+    raw: str | None = None
+    error: str | None = "not attempted"
+    attempts: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How often to ask and with which sampling settings.
+
+    The first attempt uses ``sampling`` (often greedy); later attempts use
+    ``retry_temperature``, so a greedy model can give a different answer when asked again.
+    """
+
+    sampling: SamplingConfig
+    retry_temperature: float = 0.7
+    max_attempts: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+
+    def sampling_for(self, attempt: int) -> SamplingConfig:
+        if attempt == 1:
+            return self.sampling
+        return replace(self.sampling, temperature=self.retry_temperature)
+
+    def seed_for(self, key: str, attempt: int) -> int:
+        return derive_seed(self.seed, key, attempt)
+
+
+def _complete(
+    backend: Backend,
+    requests: list[GenerationRequest],
+    sampling: SamplingConfig,
+    choices: Sequence[str] | None,
+) -> list[Completion]:
+    """Generate, constrained to ``choices`` when the backend supports structured output."""
+    if choices is not None and hasattr(backend, "generate_structured"):
+        return backend.generate_structured(requests, sampling, choices=list(choices))
+    return backend.generate(requests, sampling)
+
+
+def ask_with_retries(
+    backend: Backend,
+    queries: Sequence[Query],
+    parse: Callable[[str], T],
+    policy: RetryPolicy,
+    *,
+    choices: Sequence[str] | None = None,
+) -> list[Reply[T]]:
+    """Ask every query, then ask again only those whose reply ``parse`` rejected.
+
+    ``parse`` returns the value or raises ValueError with the reason. Each attempt is one
+    batched backend call over the still-failing queries; attempt ``a`` of query ``q`` uses
+    seed ``derive_seed(policy.seed, q.key, a)``. After ``policy.max_attempts`` a reply keeps
+    ``value=None`` and the last reason in ``error``.
+    """
+    replies: list[Reply[T]] = [Reply() for _ in queries]
+    pending = list(range(len(queries)))
+    for attempt in range(1, policy.max_attempts + 1):
+        if not pending:
+            break
+        requests = [
+            GenerationRequest(
+                queries[i].key, queries[i].messages, policy.seed_for(queries[i].key, attempt)
+            )
+            for i in pending
+        ]
+        completions = _complete(backend, requests, policy.sampling_for(attempt), choices)
+        failed = []
+        for index, completion in zip(pending, completions, strict=True):
+            reply = replies[index]
+            reply.attempts, reply.raw = attempt, completion.text
+            if completion.finish_reason == "error":
+                reply.error = completion.error or "the backend returned an error"
+                failed.append(index)
+                continue
+            try:
+                reply.value, reply.error = parse(completion.text), None
+            except ValueError as error:
+                reply.error = str(error)
+                failed.append(index)
+        pending = failed
+    return replies
+
+
+def backend_options(
+    backend: str, *, batch_size: int, base_url: str | None, concurrency: int
+) -> dict[str, object]:
+    """Constructor options for ``create_backend`` that apply to the chosen backend."""
+    if backend == "hf":
+        return {"batch_size": batch_size}
+    if backend == "openai":
+        return {"base_url": base_url, "concurrency": concurrency}
+    return {}
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def keep_order(frame: pl.DataFrame, key: str, order: Sequence[str]) -> pl.DataFrame:
+    """Rows of ``frame`` whose ``key`` is in ``order``, sorted by their position there."""
+    positions = {value: index for index, value in enumerate(order)}
+    return (
+        frame.filter(pl.col(key).is_in(list(positions)))
+        .with_columns(pl.col(key).replace_strict(positions, return_dtype=pl.Int64).alias("_pos"))
+        .sort("_pos")
+        .drop("_pos")
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+
+class ContextsConfig(StageConfig):
+    preferences: Path
+    """Users' choices (PRISM, Community Alignment or pairwise layout) or system messages."""
+    out: Path
+    mode: Literal["preferences", "system-to-user"] = "preferences"
+    layout: Literal["auto", "pairwise", "prism", "community-alignment", "multifaceted"] = "auto"
+    id_column: str | None = None
+    user_column: str | None = None
+    prompt_column: str | None = None
+    option_columns: list[str] | None = Field(None, min_length=2)
+    preferred_column: str | None = None
+    feedback_column: str | None = None
+    turn: int | None = Field(None, ge=1, le=4, description="conversation turn (1 = first)")
+    backend: BackendName = "hf"
+    model: str | None = None
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="first attempt (0 = greedy)")
+    retry_temperature: float = Field(0.7, ge=0.0, description="attempts after the first")
+    max_attempts: int = Field(3, ge=1, le=20)
+    seed: int = 0
+    batch_size: int = Field(8, ge=1)
+    chunk_rows: int = Field(32, ge=1, description="rows per saved chunk (resume unit)")
+    limit: int | None = Field(None, ge=1, description="use only the first N source rows")
+    base_url: str | None = None
+    concurrency: int = Field(8, ge=1)
+    as_prompts: Path | None = None
+    """Also write a prompts artifact (one row per source row) for ``mipo generate``."""
+
+    @model_validator(mode="after")
+    def _mode_matches_layout(self) -> ContextsConfig:
+        if self.mode == "system-to-user" and self.layout not in ("auto", "multifaceted"):
+            raise ValueError(
+                f"mode system-to-user reads system messages; layout {self.layout!r} holds "
+                "users' choices (use mode 'preferences', or layout 'multifaceted')"
+            )
+        if self.mode == "preferences" and self.layout == "multifaceted":
+            raise ValueError(
+                "layout 'multifaceted' holds system messages; use mode 'system-to-user'"
+            )
+        if self.as_prompts is not None and self.as_prompts.suffix != ".parquet":
+            raise ValueError(f"as_prompts must be a .parquet file, got {self.as_prompts}")
+        return self
+
+    def column_overrides(self) -> dict[str, Any]:
+        return {
+            "id": self.id_column,
+            "user": self.user_column,
+            "prompt": self.prompt_column,
+            "options": self.option_columns,
+            "preferred": self.preferred_column,
+            "feedback": self.feedback_column,
+        }
+
+    def identity(self) -> dict[str, object]:
+        """Settings that change the output (batching, concurrency and paths do not)."""
+        return self.model_dump(
+            mode="json", exclude={"batch_size", "chunk_rows", "concurrency", "out", "as_prompts"}
+        )
+
+    def policy(self) -> RetryPolicy:
+        sampling = SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+        return RetryPolicy(
+            sampling=sampling,
+            retry_temperature=self.retry_temperature,
+            max_attempts=self.max_attempts,
+            seed=self.seed,
+        )
+
+
+class ContextsFailed(MipoError):
+    exit_code = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Source rows: what to ask, and how to read the answer
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One row to infer a context from: the question to ask and what to record with it."""
+
+    source_id: str
+    prompt: str
+    user_id: str | None
+    context_group: str | None
+    messages: list[Message]
+    statement_key: str | None = None
+    """system-to-user: the key of the single statement item."""
+
+
+def option_letter(index: int) -> str:
+    return chr(ord("A") + index)
+
+
+def extraction_messages(example: PreferenceExample) -> list[Message]:
+    """The context-extraction question for one choice (seed 004 App. C.2)."""
+    options = "\n\n".join(
+        f"Option {option_letter(index)}:\n{text}" for index, text in enumerate(example.options)
+    )
+    content = render(
+        "context_extraction.txt",
+        prompt=example.prompt,
+        options=options,
+        preferred=f"Option {option_letter(example.preferred)}",
+        feedback=example.feedback or "",
+    )
+    return [{"role": "user", "content": content}]
+
+
+def system_to_user_messages(preference: SystemPreference) -> list[Message]:
+    """The rewrite question for one system-message preference (seed 004 App. C.2)."""
+    content = render(
+        "system_to_user.txt",
+        dimension=preference.dimension,
+        subdimension=preference.subdimension,
+        preference=preference.preference,
+        description=preference.description,
+    )
+    return [{"role": "user", "content": content}]
+
+
+def parse_user_context(text: str) -> dict[str, str]:
+    """The validated JSON user context in a reply; ValueError with the reason otherwise."""
+    found = parse_json_object(text)
+    if found is None:
+        raise ValueError("the reply holds no JSON object")
+    return validate_user_context(found)
+
+
+MAX_STATEMENT_SENTENCES = 3
+MAX_STATEMENT_CHARS = 600
+_FIRST_PERSON = re.compile(r"\b(?:I|I'm|I'd|I've|me|my|mine)\b", re.IGNORECASE)
+_LABEL_PREFIX = re.compile(r"^\s*(?:user(?:'s)? statement|user|statement)\s*:\s*", re.I)
+
+
+def parse_user_statement(text: str) -> str:
+    """A first-person statement of one to three sentences; ValueError with the reason otherwise.
+
+    A leading label ("User:") and surrounding quotes are removed first, since models add them
+    despite being told not to.
+    """
+    statement = _LABEL_PREFIX.sub("", text.strip()).strip().strip("\"'“”").strip()
+    if not statement:
+        raise ValueError("the reply is empty")
+    if statement.startswith(("{", "[")):
+        raise ValueError("the reply is JSON, not a plain statement")
+    if len(statement) > MAX_STATEMENT_CHARS:
+        raise ValueError(
+            f"the statement has {len(statement)} characters (at most {MAX_STATEMENT_CHARS})"
+        )
+    sentences = count_sentences(statement)
+    if sentences > MAX_STATEMENT_SENTENCES:
+        raise ValueError(
+            f"the statement has {sentences} sentences (at most {MAX_STATEMENT_SENTENCES})"
+        )
+    if not _FIRST_PERSON.search(statement):
+        raise ValueError("the statement is not in the first person (no I/me/my)")
+    return statement
+
+
+def _source_rows(config: ContextsConfig) -> list[SourceRow]:
+    if config.mode == "system-to-user":
+        preferences = read_system_preferences(config.preferences)
+        rows = [
+            SourceRow(
+                source_id=p.source_id,
+                prompt=p.prompt,
+                user_id=None,
+                context_group=p.group,
+                messages=system_to_user_messages(p),
+                statement_key=snake_case(p.subdimension, fallback="statement"),
+            )
+            for p in preferences
+        ]
+    else:
+        examples = read_preferences(
+            config.preferences,
+            layout=config.layout,  # type: ignore[arg-type]
+            columns=config.column_overrides(),
+            turn=config.turn,
+        )
+        rows = [
+            SourceRow(
+                source_id=e.source_id,
+                prompt=e.prompt,
+                user_id=e.user_id,
+                context_group=None,  # inferred contexts are independent of prompts (Table 5)
+                messages=extraction_messages(e),
+            )
+            for e in examples
+        ]
+    return rows[: config.limit] if config.limit is not None else rows
+
+
+# --------------------------------------------------------------------------------------------
+# Journal rows and the artifact
+# --------------------------------------------------------------------------------------------
+
+_JOURNAL_SCHEMA = {
+    "source_id": pl.String(),
+    "user_id": pl.String(),
+    "prompt": pl.String(),
+    "context_group": pl.String(),
+    "keys": pl.List(pl.String()),
+    "items": pl.List(pl.String()),
+    "attempts": pl.Int64(),
+    "error": pl.String(),
+    "raw": pl.String(),
+}
+
+
+def _journal_rows(rows: list[SourceRow], replies: list[Reply[dict[str, str]]]) -> pl.DataFrame:
+    records = []
+    for row, reply in zip(rows, replies, strict=True):
+        items = reply.value or {}
+        records.append(
+            {
+                "source_id": row.source_id,
+                "user_id": row.user_id,
+                "prompt": row.prompt,
+                "context_group": row.context_group,
+                "keys": list(items),
+                "items": list(items.values()),
+                "attempts": reply.attempts,
+                "error": reply.error,
+                "raw": reply.raw,
+            }
+        )
+    return pl.DataFrame(records, schema=_JOURNAL_SCHEMA)
+
+
+def _artifact_rows(finished: pl.DataFrame, source: str) -> pl.DataFrame:
+    """One contexts row per item of every successful source row."""
+    records = []
+    for row in finished.filter(pl.col("error").is_null()).iter_rows(named=True):
+        context = " ".join(row["items"])
+        for key, item in zip(row["keys"], row["items"], strict=True):
+            records.append(
+                {
+                    "id": f"{row['source_id']}:{key}",
+                    "source_id": row["source_id"],
+                    "user_id": row["user_id"],
+                    "key": key,
+                    "item": item,
+                    "context": context,
+                    "prompt": row["prompt"],
+                    "context_group": row["context_group"],
+                    "source": source,
+                    "attempts": row["attempts"],
+                }
+            )
+    return pl.DataFrame(records, schema=CONTEXTS.polars_schema()) if records else CONTEXTS.empty()
+
+
+def contexts_to_prompts(contexts: pl.DataFrame, *, source: str = "contexts") -> pl.DataFrame:
+    """A prompts-schema frame: one personalization row per source row of a contexts frame.
+
+    ``id`` is the source id, ``prompt`` the source row's prompt, ``context_items`` its items in
+    order and ``context`` their text joined by spaces (as ``mipo ingest`` joins items).
+    """
+    grouped = contexts.group_by("source_id", maintain_order=True).agg(
+        pl.col("prompt").first(),
+        pl.col("item").alias("context_items"),
+        pl.col("context_group").first(),
+    )
+    return grouped.select(
+        pl.col("source_id").alias("id"),
+        pl.col("prompt"),
+        pl.col("context_items").list.join(" ").alias("context"),
+        pl.col("context_items"),
+        pl.col("context_group"),
+        pl.lit("personalization").alias("task"),
+        pl.lit(None, dtype=pl.String()).alias("answer"),
+        pl.lit(None, dtype=pl.List(pl.String())).alias("choices"),
+        pl.lit(source).alias("source"),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+def _infer(
+    backend: Backend, rows: list[SourceRow], config: ContextsConfig
+) -> list[Reply[dict[str, str]]]:
+    queries = [Query(row.source_id, row.messages) for row in rows]
+    if config.mode == "preferences":
+        return ask_with_retries(backend, queries, parse_user_context, config.policy())
+    statements = ask_with_retries(backend, queries, parse_user_statement, config.policy())
+    for row, reply in zip(rows, statements, strict=True):
+        if reply.value is not None:
+            reply.value = {row.statement_key or "statement": reply.value}  # type: ignore[assignment]
+    return statements  # type: ignore[return-value]
+
+
+def _run_pending(
+    backend: Backend, todo: list[SourceRow], total: int, config: ContextsConfig, journal: Any
+) -> None:
+    with progress_bar() as progress:
+        task = progress.add_task("contexts", total=total, completed=total - len(todo))
+        for start in range(0, len(todo), config.chunk_rows):
+            chunk = todo[start : start + config.chunk_rows]
+            journal.append(_journal_rows(chunk, _infer(backend, chunk, config)))
+            progress.advance(task, len(chunk))
+
+
+def _stats(finished: pl.DataFrame, contexts: pl.DataFrame, seconds: float) -> dict[str, Any]:
+    failed = finished.filter(pl.col("error").is_not_null())
+    return {
+        "source_rows": finished.height,
+        "succeeded": finished.height - failed.height,
+        "items": contexts.height,
+        "failed": [
+            {
+                "source_id": row["source_id"],
+                "reason": row["error"],
+                "attempts": row["attempts"],
+                "raw": (row["raw"] or "")[:300],
+            }
+            for row in failed.iter_rows(named=True)
+        ],
+        "attempts": finished["attempts"].value_counts().sort("attempts").to_dicts(),
+        "seconds_this_run": round(seconds, 3),
+    }
+
+
+def _write_prompts(config: ContextsConfig, contexts: pl.DataFrame, source: str) -> None:
+    if config.as_prompts is None:
+        return
+    output = check_output_path(config.as_prompts, config.preferences, config.out)
+    prompts = contexts_to_prompts(contexts, source=f"contexts:{source}")
+    run = StageRun("contexts", output, config.identity(), {"contexts": config.out})
+    run.write(
+        prompts,
+        PROMPTS,
+        model=config.model or "default",
+        backend=config.backend,
+        stats={"rows": prompts.height},
+    )
+
+
+def run_contexts(config: ContextsConfig, *, backend: Backend | None = None) -> Path:
+    """Infer user contexts from ``config.preferences`` into ``config.out``; return its path."""
+    output = check_output_path(config.out, config.preferences)
+    run = StageRun("contexts", output, config.identity(), {"preferences": config.preferences})
+    source = Path(config.preferences).name
+    if run.up_to_date():
+        if config.as_prompts is not None and not is_complete(config.as_prompts):
+            _write_prompts(config, read_artifact(output, CONTEXTS), source)
+        console.print(f"{output} is up to date.")
+        return output
+    rows = _source_rows(config)
+    journal = run.journal(key="source_id")
+    done = journal.done_ids()
+    todo = [row for row in rows if row.source_id not in done]
+    if done:
+        console.print(f"Resuming: {len(done)} of {len(rows)} rows already done.")
+    started = time.perf_counter()
+    if todo:
+        owns_backend = backend is None
+        backend = backend or create_backend(
+            config.backend,
+            config.model,
+            **backend_options(
+                config.backend,
+                batch_size=config.batch_size,
+                base_url=config.base_url,
+                concurrency=config.concurrency,
+            ),
+        )
+        try:
+            _run_pending(backend, todo, len(rows), config, journal)
+        finally:
+            if owns_backend:
+                backend.close()
+    finished = journal.load()
+    finished = keep_order(
+        finished if finished is not None else pl.DataFrame(schema=_JOURNAL_SCHEMA),
+        "source_id",
+        [row.source_id for row in rows],
+    )
+    contexts = _artifact_rows(finished, source)
+    stats = _stats(finished, contexts, time.perf_counter() - started)
+    if contexts.height == 0:
+        journal.finish()  # nothing usable: let a rerun start over rather than replay failures
+        shown = "; ".join(f"{f['source_id']}: {f['reason']}" for f in stats["failed"][:3])
+        raise ContextsFailed(
+            f"no row gave a valid context ({len(rows)} rows, {config.max_attempts} attempts "
+            f"each; {shown}). Check the model and backend settings."
+        )
+    path = run.write(
+        contexts,
+        CONTEXTS,
+        model=config.model or "default",
+        backend=config.backend,
+        seed=config.seed,
+        stats=stats,
+    )
+    _write_prompts(config, contexts, source)
+    journal.finish()
+    return path

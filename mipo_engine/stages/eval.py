@@ -1,0 +1,489 @@
+"""``mipo eval``: a model (+ adapter) on a benchmark or personalization set -> ``eval`` results.
+
+Seed 004 sec. 5.4 and App. C.1/C.3 fix the protocol (see ``mipo_engine.evaluation.tasks``):
+
+1. load the items (benchmark file or built-in/held-out prompts), optionally a fixed subset;
+2. generate one response per item (``--samples`` per prompt for personalization), in chunks;
+   each finished chunk is kept as a journal part, so a killed run resumes where it stopped;
+3. grade each response: extracted answer (math, mcq), answer-letter entropy (mcq), context
+   adherence and conditional PMI under the base model (personalization);
+4. optionally judge personalization responses against a reference eval's responses;
+5. write the per-item artifact, a summary JSON beside it (``E.summary.json``), and print a
+   table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field, field_validator, model_validator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from mipo_engine.artifacts.journal import RowJournal
+from mipo_engine.artifacts.manifest import fingerprint
+from mipo_engine.artifacts.store import is_complete, read_artifact, write_json_atomic
+from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig, create_backend
+from mipo_engine.chat import build_messages
+from mipo_engine.errors import ConfigError
+from mipo_engine.evaluation.personalization import adherence_counts, conditional_logps
+from mipo_engine.evaluation.raw import (
+    backend_tokenizer,
+    candidate_logprobs,
+    check_raw_support,
+    complete_raw,
+    with_bos,
+)
+from mipo_engine.evaluation.results import EVAL, summarize, summary_path
+from mipo_engine.evaluation.stats import answer_entropy, letter_probabilities
+from mipo_engine.evaluation.tasks import (
+    EVAL_TASKS,
+    EvalTask,
+    answer_prefix,
+    get_task,
+    grade_math,
+    grade_mcq,
+    join_completion,
+    letter_token_ids,
+    load_items,
+)
+from mipo_engine.sources.benchmarks import EVAL_STOP_SEQUENCES, choice_labels, eval_prompt
+from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
+
+console = Console(stderr=True)
+
+BackendName = Literal["hf", "vllm"]
+JudgeBackendName = Literal["hf", "vllm", "openai"]
+
+
+class EvalConfig(StageConfig):
+    """Settings of ``mipo eval``; ``None`` numbers take the task's default."""
+
+    task: str
+    """One of ``EVAL_TASKS``: gsm8k, svamp, mmlu, arc_easy, arc_challenge, personalization."""
+    out: Path
+    model: str | None = None
+    """Model path or hub id; None is the bundled Gemma 3 270M base."""
+    adapter: Path | None = None
+    """A LoRA adapter folder (``mipo train --lora``) applied on top of ``model``."""
+    data: str | None = None
+    """Benchmark file, prompts ``.parquet`` or ``builtin:<set>``; None: the task's default."""
+    limit: int | None = Field(None, ge=1)
+    """Evaluate a fixed random subset of this many items (seed ``seed``)."""
+    backend: BackendName = "hf"
+    seed: int = 0
+    """Seeds the subset (``--limit``) and, per response, sampling."""
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    samples: int = Field(1, ge=1, le=64)
+    """Responses per prompt (personalization only): diversity within a prompt."""
+    batch_size: int = Field(8, ge=1)
+    chunk_items: int = Field(32, ge=1)
+    """Responses per saved chunk: the unit of resume after a crash."""
+    judge_backend: JudgeBackendName | None = None
+    judge_model: str | None = None
+    judge_base_url: str | None = None
+    reference: Path | None = None
+    """A previous personalization eval whose responses are the win-rate reference."""
+    rubrics: str = "verifiable"
+    """Rubric set for judging (``mipo_engine.judging.rubric_sets``)."""
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        get_task(value)  # ValueError naming the choices
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> EvalConfig:
+        kind = EVAL_TASKS[self.task].kind
+        if self.samples > 1 and kind != "personalization":
+            raise ValueError("samples > 1 applies to the personalization task only")
+        judging = self.judge_backend is not None or self.reference is not None
+        if judging and kind != "personalization":
+            raise ValueError("judge options apply to the personalization task only")
+        if judging and (self.judge_backend is None or self.reference is None):
+            raise ValueError(
+                "judging needs both --judge-backend and --reference (a previous eval output)"
+            )
+        return self
+
+    @property
+    def eval_task(self) -> EvalTask:
+        return get_task(self.task)
+
+    def sampling(self) -> SamplingConfig:
+        """Generation settings: the task's defaults unless overridden."""
+        task = self.eval_task
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens or task.max_new_tokens,
+            temperature=task.temperature if self.temperature is None else self.temperature,
+            top_p=self.top_p,
+            stop=EVAL_STOP_SEQUENCES if task.kind != "personalization" else (),
+        )
+
+    def response_identity(self) -> dict[str, object]:
+        """Settings that change the responses and their per-item grades."""
+        return self.model_dump(
+            mode="json",
+            include={
+                "task",
+                "model",
+                "adapter",
+                "data",
+                "limit",
+                "backend",
+                "seed",
+                "max_new_tokens",
+                "temperature",
+                "top_p",
+                "samples",
+            },
+        )
+
+    def identity(self) -> dict[str, object]:
+        """Settings that change the artifact (batching and chunking do not)."""
+        return self.model_dump(mode="json", exclude={"batch_size", "chunk_items", "out"})
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One response to produce: an item and the sample index."""
+
+    id: str
+    item: dict[str, Any]
+    sample: int
+    seed: int
+
+
+def plan_units(items: list[dict[str, Any]], samples: int, seed: int) -> list[Unit]:
+    """One unit per (item, sample); ids stay the item id for sample 0."""
+    units = []
+    for item in items:
+        for sample in range(samples):
+            unit_id = item["id"] if sample == 0 else f"{item['id']}#{sample}"
+            units.append(Unit(unit_id, item, sample, derive_seed(seed, unit_id)))
+    return units
+
+
+# --------------------------------------------------------------------------------------------
+# Per-task evaluation of one chunk
+
+
+def _base_row(unit: Unit, config: EvalConfig, text: str, completion: Any) -> dict[str, Any]:
+    """Columns every task fills; task columns start null."""
+    item = unit.item
+    row = dict.fromkeys(EVAL.names)
+    row.update(
+        {
+            "id": unit.id,
+            "item_id": item["id"],
+            "sample": unit.sample,
+            "task": config.task,
+            "prompt": item["prompt"],
+            "context": item.get("context"),
+            "context_items": item.get("context_items"),
+            "input": text,
+            "response": completion.text,
+            "finish_reason": completion.finish_reason,
+            "response_tokens": completion.num_tokens,
+            "seed": unit.seed,
+        }
+    )
+    return row
+
+
+def _evaluate_math(backend: Backend, units: list[Unit], config: EvalConfig) -> list[dict]:
+    texts = [eval_prompt(unit.item) for unit in units]
+    completions = complete_raw(backend, texts, [u.seed for u in units], config.sampling())
+    rows = []
+    for unit, text, completion in zip(units, texts, completions, strict=True):
+        row = _base_row(unit, config, text, completion)
+        prediction, correct = grade_math(completion.text, unit.item["answer"])
+        row.update(answer=unit.item["answer"], prediction=prediction, correct=correct)
+        rows.append(row)
+    return rows
+
+
+def answer_letter_logprobs(
+    backend: Backend, texts: list[str], responses: list[str], letter_counts: list[int]
+) -> list[list[float] | None]:
+    """Next-token log-probs of each answer letter after ``The answer is:`` (seed 004 Fig. 2-3).
+
+    The context is the prompt, the response up to its last ``The answer is:`` (or the
+    response plus that marker, when the model never wrote it) and one forward pass reads the
+    log-probs of the tokens ``" A"``, ``" B"``, ... at the next position. None for an item
+    whose letters are not single distinct tokens.
+    """
+    tokenizer = backend_tokenizer(backend)
+    contexts, candidates, positions = [], [], []
+    for index, (text, response, count) in enumerate(
+        zip(texts, responses, letter_counts, strict=True)
+    ):
+        context = join_completion(text, answer_prefix(response))
+        found = letter_token_ids(tokenizer, context, choice_labels(count))
+        if found is None:
+            continue
+        context_ids, letter_ids = found
+        contexts.append(with_bos(tokenizer, context_ids))
+        candidates.append(letter_ids)
+        positions.append(index)
+    batch_size = getattr(backend, "batch_size", 8)
+    values = candidate_logprobs(backend, contexts, candidates, batch_size=batch_size)
+    results: list[list[float] | None] = [None] * len(texts)
+    for index, logprobs in zip(positions, values, strict=True):
+        results[index] = logprobs
+    return results
+
+
+def _evaluate_mcq(backend: Backend, units: list[Unit], config: EvalConfig) -> list[dict]:
+    texts = [eval_prompt(unit.item) for unit in units]
+    completions = complete_raw(backend, texts, [u.seed for u in units], config.sampling())
+    letter_logprobs = answer_letter_logprobs(
+        backend,
+        texts,
+        [c.text for c in completions],
+        [len(unit.item["choices"]) for unit in units],
+    )
+    rows = []
+    for unit, text, completion, logprobs in zip(
+        units, texts, completions, letter_logprobs, strict=True
+    ):
+        row = _base_row(unit, config, text, completion)
+        gold, choices = unit.item["answer"], unit.item["choices"]
+        prediction, correct = grade_mcq(completion.text, gold, choices)
+        row.update(answer=gold, prediction=prediction, correct=correct)
+        if logprobs is not None:
+            letters = choice_labels(len(choices))
+            probabilities = letter_probabilities(dict(zip(letters, logprobs, strict=True)))
+            row.update(letter_logprobs=logprobs, entropy=answer_entropy(probabilities))
+        rows.append(row)
+    return rows
+
+
+def _evaluate_personalization(
+    backend: Backend, base: Backend, units: list[Unit], config: EvalConfig
+) -> list[dict]:
+    messages = [build_messages(u.item["prompt"], u.item["context"]) for u in units]
+    requests = [
+        GenerationRequest(unit.id, message, unit.seed)
+        for unit, message in zip(units, messages, strict=True)
+    ]
+    completions = backend.generate(requests, config.sampling())
+    logps = conditional_logps(
+        base,
+        [u.item["prompt"] for u in units],
+        [u.item["context"] for u in units],
+        [c.text for c in completions],
+    )
+    rows = []
+    for unit, message, completion, (with_context, without_context) in zip(
+        units, messages, completions, logps, strict=True
+    ):
+        row = _base_row(unit, config, backend.render(message), completion)
+        verifiable, met = adherence_counts(unit.item.get("context_items"), completion.text)
+        row.update(
+            verifiable_items=verifiable,
+            items_met=met,
+            logp_with_context=with_context,
+            logp_without_context=without_context,
+            pmi=with_context - without_context,
+        )
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Backends
+
+
+def _backend_options(config: EvalConfig, *, with_adapter: bool) -> dict[str, object]:
+    options: dict[str, object] = {}
+    if config.backend == "hf":
+        options.update(batch_size=config.batch_size, show_progress=False)
+    if with_adapter and config.adapter is not None:
+        options["adapter"] = str(config.adapter)
+    return options
+
+
+@dataclass
+class _Backends:
+    """The evaluated model and, for the PMI, the base model (the same one without adapter)."""
+
+    policy: Backend
+    base: Backend | None
+    owned: list[Backend]
+
+
+@contextmanager
+def _open_backends(
+    config: EvalConfig, policy: Backend | None, base: Backend | None
+) -> Iterator[_Backends]:
+    """Create what the caller did not pass; close only what was created here."""
+    owned: list[Backend] = []
+    try:
+        if policy is None:
+            policy = create_backend(
+                config.backend, config.model, **_backend_options(config, with_adapter=True)
+            )
+            owned.append(policy)
+        if config.eval_task.kind != "personalization":
+            check_raw_support(policy)
+        elif base is None:
+            if config.adapter is None:
+                base = policy
+            else:
+                base = create_backend(
+                    config.backend, config.model, **_backend_options(config, with_adapter=False)
+                )
+                owned.append(base)
+        yield _Backends(policy, base, owned)
+    finally:
+        for backend in owned:
+            backend.close()
+
+
+def _evaluate_chunk(backends: _Backends, units: list[Unit], config: EvalConfig) -> list[dict]:
+    kind = config.eval_task.kind
+    if kind == "math":
+        return _evaluate_math(backends.policy, units, config)
+    if kind == "mcq":
+        return _evaluate_mcq(backends.policy, units, config)
+    assert backends.base is not None  # set by _open_backends for personalization
+    return _evaluate_personalization(backends.policy, backends.base, units, config)
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+def _check_paths(config: EvalConfig) -> Path:
+    """The output path, after checking the inputs exist and none would be overwritten."""
+    data_file = Path(config.data) if config.data and not config.data.startswith("builtin:") else None
+    output = check_output_path(config.out, data_file, config.reference)
+    if data_file is not None and not data_file.exists():
+        raise ConfigError(f"data file {data_file} does not exist", key="data")
+    if config.adapter is not None and not config.adapter.is_dir():
+        raise ConfigError(f"adapter folder {config.adapter} does not exist", key="adapter")
+    if config.reference is not None and not is_complete(config.reference):
+        raise ConfigError(
+            f"reference {config.reference} is not a complete eval output (run mipo eval first)",
+            key="reference",
+        )
+    return output
+
+
+def _ordered(frame: pl.DataFrame, units: list[Unit]) -> pl.DataFrame:
+    """Rows of ``frame`` in unit order (journal parts arrive in completion order)."""
+    order = {unit.id: index for index, unit in enumerate(units)}
+    return (
+        frame.filter(pl.col("id").is_in(list(order)))
+        .with_columns(pl.col("id").replace_strict(order, return_dtype=pl.Int64).alias("_order"))
+        .sort("_order")
+        .drop("_order")
+    )
+
+
+def _generate_all(
+    config: EvalConfig,
+    units: list[Unit],
+    journal: RowJournal,
+    policy: Backend | None,
+    base: Backend | None,
+) -> int:
+    """Evaluate the units the journal does not hold yet; return how many were evaluated."""
+    done = journal.done_ids()
+    todo = [unit for unit in units if unit.id not in done]
+    if done:
+        console.print(f"Resuming: {len(done)} of {len(units)} responses already evaluated.")
+    if not todo:
+        return 0
+    with (
+        _open_backends(config, policy, base) as backends,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress,
+    ):
+        bar = progress.add_task(f"eval {config.task}", total=len(units), completed=len(done))
+        for start in range(0, len(todo), config.chunk_items):
+            chunk = todo[start : start + config.chunk_items]
+            rows = _evaluate_chunk(backends, chunk, config)
+            journal.append(pl.DataFrame(rows, schema=EVAL.polars_schema()))
+            progress.advance(bar, len(chunk))
+    return len(todo)
+
+
+def _judge(frame: pl.DataFrame, config: EvalConfig) -> pl.DataFrame:
+    """Rubric judge scores of the responses and of the reference's, and wins (ties win)."""
+    from mipo_engine.evaluation.judged import judge_against_reference
+
+    reference = read_artifact(config.reference, EVAL)
+    return judge_against_reference(
+        frame,
+        reference,
+        judge_backend=config.judge_backend,
+        judge_model=config.judge_model,
+        base_url=config.judge_base_url,
+        rubrics=config.rubrics,
+        reference_file=config.reference,
+    )
+
+
+def run_eval(
+    config: EvalConfig, *, backend: Backend | None = None, base_backend: Backend | None = None
+) -> Path:
+    """Evaluate ``config.model`` on ``config.task`` into ``config.out``; return the path.
+
+    ``backend`` / ``base_backend`` may be passed to reuse loaded models (tests, pipelines);
+    by default they are created from the config and closed at the end.
+    """
+    output = _check_paths(config)
+    task = config.eval_task
+    items = load_items(task, config.data, limit=config.limit, seed=config.seed)
+    units = plan_units(items, config.samples, config.seed)
+    inputs = {"data": Path(config.data) if config.data and Path(config.data).exists() else None}
+    if config.reference is not None:
+        inputs["reference"] = config.reference
+    run = StageRun("eval", output, config.identity(), inputs)
+    if run.up_to_date():
+        console.print(f"{output} is up to date; nothing to do.")
+        return output
+    journal = RowJournal(output, fingerprint(config.response_identity(), run.input_info))
+    started = time.perf_counter()
+    evaluated = _generate_all(config, units, journal, backend, base_backend)
+    seconds = time.perf_counter() - started
+    frame = _ordered(journal.load(), units)
+    if config.judge_backend is not None:
+        frame = _judge(frame, config)
+    summary = summarize(frame, task.kind)
+    summary.update(
+        model=config.model or "default",
+        adapter=str(config.adapter) if config.adapter else None,
+        backend=config.backend,
+        sampling=config.sampling().__dict__ | {"stop": list(config.sampling().stop)},
+        responses_this_run=evaluated,
+        seconds_this_run=round(seconds, 3),
+    )
+    # Summary first, manifest last: an artifact is complete only once its manifest exists.
+    write_json_atomic(summary_path(output), summary)
+    path = run.write(
+        frame,
+        EVAL,
+        model=config.model or "default",
+        backend=config.backend,
+        seed=config.seed,
+        stats=summary,
+    )
+    journal.finish()
+    return path

@@ -1,0 +1,208 @@
+"""``mipo generate``: prompts -> generations (chosen and rejected per negative strategy).
+
+Pairs are generated in fixed chunks; each finished chunk is saved as a journal part, so a
+killed run resumes at the first unfinished chunk. Every sample has its own seed derived from
+the global seed and the pair id, so the result does not depend on where a run was stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import Field
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from mipo_engine.artifacts.schemas import GENERATIONS, PROMPTS
+from mipo_engine.artifacts.store import read_artifact
+from mipo_engine.backends.base import (
+    Backend,
+    Completion,
+    GenerationRequest,
+    SamplingConfig,
+    create_backend,
+)
+from mipo_engine.errors import MipoError
+from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
+from mipo_engine.strategies import PairPlan, plan_pairs
+
+console = Console(stderr=True)
+
+Strategy = Literal["missing-context", "random-context", "random-prompt", "prompt"]
+BackendName = Literal["hf", "vllm", "openai"]
+
+
+class GenerateConfig(StageConfig):
+    prompts: Path
+    out: Path
+    strategy: Strategy = "missing-context"
+    backend: BackendName = "hf"
+    model: str | None = None
+    n_pairs: int = Field(1, ge=1, description="pairs per prompt row")
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0
+    batch_size: int = Field(8, ge=1)
+    chunk_pairs: int = Field(32, ge=1, description="pairs per saved chunk (resume unit)")
+    limit: int | None = Field(None, ge=1, description="use only the first N prompt rows")
+    base_url: str | None = None
+    concurrency: int = Field(8, ge=1)
+    allow_failures: bool = False
+
+    def identity(self) -> dict[str, object]:
+        """Settings that change the output (batching and concurrency do not)."""
+        return self.model_dump(
+            mode="json", exclude={"batch_size", "chunk_pairs", "concurrency", "out"}
+        )
+
+
+class GenerationFailed(MipoError):
+    exit_code = 1
+
+
+def _backend_options(config: GenerateConfig) -> dict[str, object]:
+    if config.backend == "hf":
+        return {"batch_size": config.batch_size}
+    if config.backend == "openai":
+        return {"base_url": config.base_url, "concurrency": config.concurrency}
+    return {}
+
+
+def _pair_rows(
+    backend: Backend, plans: list[PairPlan], completions: list[Completion], config: GenerateConfig
+) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
+    rows, failures = [], []
+    for index, plan in enumerate(plans):
+        chosen, rejected = completions[2 * index], completions[2 * index + 1]
+        failed = [c for c in (chosen, rejected) if c.finish_reason == "error"]
+        if failed:
+            failures.append((plan.id, failed[0].error or "generation failed"))
+            continue
+        rows.append(
+            {
+                "id": plan.id,
+                "prompt_id": plan.prompt_id,
+                "prompt": plan.prompt,
+                "context": plan.context,
+                "chosen": chosen.text,
+                "rejected": rejected.text,
+                "strategy": plan.strategy,
+                "negative_source": plan.negative_source,
+                "chosen_input": backend.render(plan.chosen_messages),
+                "rejected_input": backend.render(plan.rejected_messages),
+                "model": config.model or "default",
+                "seed": plan.seed,
+                "chosen_finish_reason": chosen.finish_reason,
+                "rejected_finish_reason": rejected.finish_reason,
+                "chosen_tokens": chosen.num_tokens,
+                "rejected_tokens": rejected.num_tokens,
+            }
+        )
+    frame = pl.DataFrame(rows, schema=GENERATIONS.polars_schema()) if rows else GENERATIONS.empty()
+    return frame, failures
+
+
+def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> Path:
+    """Generate the pairs of ``config.prompts`` into ``config.out``; return the output path."""
+    output = check_output_path(config.out, config.prompts)
+    prompts = read_artifact(config.prompts, PROMPTS)
+    # Negatives are drawn from the whole file even when --limit keeps only the first rows.
+    plans = plan_pairs(
+        prompts.to_dicts(),
+        config.strategy,
+        n_pairs=config.n_pairs,
+        seed=config.seed,
+        file=config.prompts,
+    )
+    if config.limit is not None:
+        kept = set(prompts["id"].head(config.limit).to_list())
+        plans = [plan for plan in plans if plan.prompt_id in kept]
+    run = StageRun("generate", output, config.identity(), {"prompts": config.prompts})
+    journal = run.journal()
+    done = journal.done_ids()
+    todo = [p for p in plans if p.id not in done]
+    if done:
+        console.print(f"Resuming: {len(done)} of {len(plans)} pairs already generated.")
+    sampling = SamplingConfig(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
+    )
+    owns_backend = backend is None
+    failures: list[tuple[str, str]] = []
+    new_tokens, started = 0, time.perf_counter()
+    if todo:
+        backend = backend or create_backend(config.backend, config.model, **_backend_options(config))
+        try:
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            ) as progress:
+                task = progress.add_task("pairs", total=len(plans), completed=len(done))
+                for start in range(0, len(todo), config.chunk_pairs):
+                    chunk = todo[start : start + config.chunk_pairs]
+                    requests = []
+                    for plan in chunk:
+                        requests.append(
+                            GenerationRequest(plan.id, plan.chosen_messages, plan.chosen_seed)
+                        )
+                        requests.append(
+                            GenerationRequest(plan.id, plan.rejected_messages, plan.rejected_seed)
+                        )
+                    completions = backend.generate(requests, sampling)
+                    new_tokens += sum(c.num_tokens for c in completions)
+                    frame, chunk_failures = _pair_rows(backend, chunk, completions, config)
+                    journal.append(frame)
+                    failures.extend(chunk_failures)
+                    progress.advance(task, len(chunk))
+        finally:
+            if owns_backend and backend is not None:
+                backend.close()
+    elapsed = time.perf_counter() - started
+    if failures and not config.allow_failures:
+        shown = "; ".join(f"{pid}: {reason}" for pid, reason in failures[:5])
+        raise GenerationFailed(
+            f"{len(failures)} of {len(plans)} pairs failed ({shown}). Finished pairs are kept; "
+            "rerun the same command to retry only the failed ones, or pass --allow-failures "
+            "to write the artifact without them."
+        )
+    finished = journal.load()
+    if finished is None:
+        finished = GENERATIONS.empty()
+    order = {plan.id: index for index, plan in enumerate(plans)}
+    finished = (
+        finished.filter(pl.col("id").is_in(list(order)))
+        .with_columns(pl.col("id").replace_strict(order, return_dtype=pl.Int64).alias("_order"))
+        .sort("_order")
+        .drop("_order")
+    )
+    stats = {
+        "pairs": finished.height,
+        "planned_pairs": len(plans),
+        "failed": [{"id": pid, "reason": reason} for pid, reason in failures],
+        "new_tokens_this_run": new_tokens,
+        "seconds_this_run": round(elapsed, 3),
+        "tokens_per_second_this_run": round(new_tokens / elapsed, 2) if elapsed > 0 else None,
+        "finish_reasons": {
+            "chosen": finished["chosen_finish_reason"].value_counts().to_dicts(),
+            "rejected": finished["rejected_finish_reason"].value_counts().to_dicts(),
+        },
+        "sampling": sampling.__dict__,
+    }
+    if backend is not None:
+        stats["backend_stats"] = backend.stats.__dict__
+    path = run.write(
+        finished,
+        GENERATIONS,
+        model=config.model or "default",
+        backend=config.backend,
+        seed=config.seed,
+        stats=stats,
+    )
+    journal.finish()
+    return path

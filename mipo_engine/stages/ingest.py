@@ -1,0 +1,141 @@
+"""``mipo ingest``: user files, built-in sets and benchmark files -> one prompts artifact.
+
+Inputs are read completely and checked before anything is written: one bad row anywhere
+stops the stage with its file, row and field, and no output appears.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import Field
+
+from mipo_engine.artifacts.schemas import PROMPTS
+from mipo_engine.errors import InputError
+from mipo_engine.resources import resource_dir
+from mipo_engine.sources.files import normalise_record, read_records
+from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
+
+Task = Literal["general", "personalization", "math", "mcq"]
+FileFormat = Literal["auto", "jsonl", "csv", "parquet", "gsm8k", "svamp", "arc", "mmlu"]
+
+BUILTIN_SETS = {
+    "personalization": ("personalization.jsonl", None),
+    "personalization-train": ("personalization.jsonl", "train"),
+    "personalization-heldout": ("personalization.jsonl", "heldout"),
+    "general": ("general.jsonl", None),
+}
+BENCHMARK_FORMATS = ("gsm8k", "svamp", "arc", "mmlu")
+
+
+class IngestConfig(StageConfig):
+    inputs: list[str] = Field(min_length=1)
+    out: Path
+    task: Task | None = None
+    format: FileFormat = "auto"
+    id_column: str = "id"
+    prompt_column: str = "prompt"
+    context_column: str = "context"
+    answer_column: str = "answer"
+    limit: int | None = Field(None, ge=1, description="keep the first N rows after reading")
+
+
+def heldout_ids() -> set[str]:
+    path = resource_dir("data") / "personalization_heldout_ids.txt"
+    return {line.strip() for line in path.read_text(encoding="utf-8").split("\n") if line.strip()}
+
+
+def _builtin_rows(name: str, config: IngestConfig) -> tuple[list[dict], Path]:
+    if name not in BUILTIN_SETS:
+        raise InputError(
+            f"unknown built-in set {name!r}; available: {', '.join(sorted(BUILTIN_SETS))}",
+            file=f"builtin:{name}",
+        )
+    file_name, split = BUILTIN_SETS[name]
+    path = resource_dir("data") / file_name
+    rows = _file_rows(path, config.model_copy(update={"format": "jsonl"}))
+    if split is not None:
+        held = heldout_ids()
+        rows = [r for r in rows if (r["id"] in held) == (split == "heldout")]
+    return rows, path
+
+
+def _benchmark_rows(kind: str, spec: str) -> tuple[list[dict], Path | None]:
+    from mipo_engine.sources import benchmarks
+
+    if kind in BENCHMARK_FORMATS:  # a file in that layout
+        loader = {
+            "gsm8k": benchmarks.load_gsm8k,
+            "svamp": benchmarks.load_svamp,
+            "arc": benchmarks.load_arc,
+            "mmlu": benchmarks.load_mmlu,
+        }[kind]
+        return loader(spec), Path(spec)
+    try:
+        return benchmarks.load_benchmark(spec), None
+    except (KeyError, FileNotFoundError) as error:
+        raise InputError(str(error), file=f"bench:{spec}") from None
+
+
+def _file_rows(path: Path, config: IngestConfig) -> list[dict]:
+    columns = {
+        "id": config.id_column,
+        "prompt": config.prompt_column,
+        "context": config.context_column,
+        "answer": config.answer_column,
+    }
+    records = read_records(path, config.format)
+    return [
+        normalise_record(
+            record, path=path, row=number, columns=columns, task=config.task, source=path.name
+        )
+        for number, record in records
+    ]
+
+
+def _read_input(spec: str, config: IngestConfig) -> tuple[list[dict], str, Path | None]:
+    """Rows of one input, a display name for errors, and the file to hash (if any)."""
+    if spec.startswith("builtin:"):
+        rows, path = _builtin_rows(spec.removeprefix("builtin:"), config)
+        return rows, spec, path
+    if spec.startswith("bench:"):
+        rows, path = _benchmark_rows("bench", spec.removeprefix("bench:"))
+        return rows, spec, path
+    path = Path(spec)
+    if config.format in BENCHMARK_FORMATS:
+        rows, _ = _benchmark_rows(config.format, spec)
+        return rows, spec, path
+    return _file_rows(path, config), spec, path
+
+
+def run_ingest(config: IngestConfig) -> Path:
+    """Read every input, check ids are unique across them, write the prompts artifact."""
+    output = check_output_path(config.out)
+    rows: list[dict] = []
+    seen: dict[str, str] = {}
+    hashed: dict[str, Path | None] = {}
+    for index, spec in enumerate(config.inputs):
+        input_rows, name, path = _read_input(spec, config)
+        hashed[f"input{index}"] = path if path is not None and path.exists() else None
+        for number, row in enumerate(input_rows, start=1):
+            if row["id"] in seen:
+                raise InputError(
+                    f"duplicate id {row['id']!r} (first seen in {seen[row['id']]})",
+                    file=name,
+                    row=number,
+                    field="id",
+                )
+            seen[row["id"]] = name
+            if config.task is not None:
+                row["task"] = config.task
+            rows.append(row)
+    if config.limit is not None:
+        rows = rows[: config.limit]
+    if not rows:
+        raise InputError("no rows to ingest", file=", ".join(config.inputs))
+    frame = pl.DataFrame(rows, schema=PROMPTS.polars_schema())
+    run = StageRun("ingest", output, config.model_dump(mode="json"), hashed)
+    task_counts = frame["task"].value_counts().sort("task").to_dicts()
+    return run.write(frame, PROMPTS, stats={"rows": frame.height, "tasks": task_counts})

@@ -1,0 +1,176 @@
+"""Training metrics: averaging between logs, ``metrics.jsonl``, and a rich progress bar.
+
+Every logged step appends one JSON object to ``<output_dir>/metrics.jsonl`` with ``step``,
+``loss`` and the preference metrics under TRL's names (``rewards/chosen``,
+``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``,
+``logps/rejected``, ``logps/chosen_shift``, ...). Resumed from a checkpoint, the file is cut
+back to the checkpoint's step first, so it never holds a step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+METRICS_FILE = "metrics.jsonl"
+
+# Keys of Trainer's end-of-training summary; they belong in the run manifest, not per step.
+_SUMMARY_KEYS = ("train_runtime", "train_loss", "total_flos")
+
+
+class MetricAccumulator:
+    """Sums of per-example metrics since the last log, averaged (over processes) on demand."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = defaultdict(int)
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Add one micro-batch of per-example values (each a [B] tensor)."""
+        for name, values in metrics.items():
+            total = values.detach().float().sum()
+            self._sums[name] = self._sums[name] + total if name in self._sums else total
+            self._counts[name] += values.numel()
+
+    def pop_means(self, reduce: Any = None) -> dict[str, float]:
+        """Means since the last call, then reset. ``reduce(tensor)`` sums across processes."""
+        means = {}
+        for name, total in self._sums.items():
+            pair = torch.stack([total, total.new_tensor(float(self._counts[name]))])
+            if reduce is not None:
+                pair = reduce(pair)
+            means[name] = (pair[0] / pair[1].clamp(min=1)).item()
+        self._sums.clear()
+        self._counts.clear()
+        return means
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file, in order (a torn last line is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a run killed mid-write leaves at most one partial last line
+    return records
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> None:
+    """Keep only records with ``step <= last_step`` (called when resuming a checkpoint)."""
+    path = Path(path)
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep the fact visible
+    return value
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Append each training log (not the end-of-run summary) to ``metrics.jsonl``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        if any(key in logs for key in _SUMMARY_KEYS):
+            return
+        record = {"step": state.global_step, **{k: _json_value(v) for k, v in logs.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+class RichProgressCallback(TrainerCallback):
+    """A rich progress bar over optimizer steps showing the latest loss and reward accuracy."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        if not state.is_world_process_zero:
+            return
+        self._progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "training", total=state.max_steps, completed=state.global_step, status=""
+        )
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=state.global_step)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        if self._progress is None or not logs or "loss" not in logs:
+            return
+        status = f"loss {logs['loss']:.4f}"
+        if "rewards/accuracies" in logs:
+            status += f"  acc {logs['rewards/accuracies']:.2f}"
+        self._progress.update(self._task, status=status)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

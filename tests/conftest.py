@@ -1,0 +1,22 @@
+"""Shared fixtures: a tiny random model built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Keep test runs quiet and offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Llama-style model with a 384-token BPE tokenizer (seconds to build)."""
+    from mipo_engine.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
