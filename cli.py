@@ -11,7 +11,16 @@ import typer
 
 from mipo_engine import __version__
 from mipo_engine.commands import contexts as contexts_command
+from mipo_engine.commands import eval as eval_command
+from mipo_engine.commands import export as export_command
 from mipo_engine.commands import generate, ingest
+from mipo_engine.commands import judge as judge_command
+from mipo_engine.commands import lab as lab_command
+from mipo_engine.commands import publish as publish_command
+from mipo_engine.commands import rubrics as rubrics_command
+from mipo_engine.commands import run as run_command
+from mipo_engine.commands import score as score_command
+from mipo_engine.commands import train as train_command
 
 app = typer.Typer(
     name="mipo",
@@ -24,6 +33,15 @@ app = typer.Typer(
 app.command("ingest")(ingest.command)
 app.command("generate")(generate.command)
 app.command("contexts")(contexts_command.command)
+app.command("rubrics")(rubrics_command.command)
+app.command("judge")(judge_command.command)
+app.command("score")(score_command.command)
+app.command("train")(train_command.command)
+app.command("eval")(eval_command.command)
+app.command("export")(export_command.command)
+app.command("publish")(publish_command.command)
+app.add_typer(lab_command.app, name="lab")
+app.command("run")(run_command.command)
 
 
 @app.command("version")

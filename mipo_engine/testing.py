@@ -7,6 +7,7 @@ Used by the test suite and by ``benchmarks/run.py --quick``: it exercises every 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 _CORPUS = [
     "User: Assistant: the a an and or of to in is are was were be been it this that",
@@ -20,7 +21,7 @@ _CORPUS = [
 ]
 
 
-def make_tiny_tokenizer(vocab_size: int = 384):  # noqa: ANN201 - transformers type
+def make_tiny_tokenizer(vocab_size: int = 384) -> Any:
     """A byte-level BPE tokenizer trained on a few sentences, with Gemma-like specials."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -18,6 +18,7 @@ choices and the first choice otherwise, as a choice-constrained decoder would.
 from __future__ import annotations
 
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,11 @@ from mipo_engine.backends.base import (
 from mipo_engine.chat import Message
 
 Script = Callable[[str, int], str]
+
+
+def hashed_score_script(text: str, call: int) -> str:
+    """A judge reply whose 1-5 score depends only on the prompt text (stable across runs)."""
+    return f"Feedback: fine.\n[RESULT] {zlib.crc32(text.encode()) % 5 + 1}"
 
 
 class Interrupted(Exception):

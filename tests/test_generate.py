@@ -45,9 +45,15 @@ def _config(prompts: Path, out: Path, model: Path, **overrides) -> GenerateConfi
     return GenerateConfig.from_options(**options)
 
 
-@pytest.mark.parametrize("strategy", ["missing-context", "random-context", "random-prompt", "prompt"])
-def test_every_strategy_writes_the_generations_schema(prompts_file, tiny_model_dir, tmp_path, strategy):
-    out = run_generate(_config(prompts_file, tmp_path / "g.parquet", tiny_model_dir, strategy=strategy))
+@pytest.mark.parametrize(
+    "strategy", ["missing-context", "random-context", "random-prompt", "prompt"]
+)
+def test_every_strategy_writes_the_generations_schema(
+    prompts_file, tiny_model_dir, tmp_path, strategy
+):
+    out = run_generate(
+        _config(prompts_file, tmp_path / "g.parquet", tiny_model_dir, strategy=strategy)
+    )
     frame = read_artifact(out, GENERATIONS)
     assert frame.height == 8 and frame["strategy"].unique().to_list() == [strategy]
     assert frame["chosen_input"].str.starts_with("<bos>User: ").all()
@@ -65,28 +71,60 @@ def test_every_strategy_writes_the_generations_schema(prompts_file, tiny_model_d
 
 
 def test_same_seed_same_rows_and_batch_size_does_not_matter(prompts_file, tiny_model_dir, tmp_path):
-    a = read_artifact(run_generate(_config(prompts_file, tmp_path / "a.parquet", tiny_model_dir)), GENERATIONS)
+    a = read_artifact(
+        run_generate(_config(prompts_file, tmp_path / "a.parquet", tiny_model_dir)), GENERATIONS
+    )
     b = read_artifact(
-        run_generate(_config(prompts_file, tmp_path / "b.parquet", tiny_model_dir, batch_size=3, chunk_pairs=5)),
+        run_generate(
+            _config(
+                prompts_file, tmp_path / "b.parquet", tiny_model_dir, batch_size=3, chunk_pairs=5
+            )
+        ),
         GENERATIONS,
     )
-    c = read_artifact(run_generate(_config(prompts_file, tmp_path / "c.parquet", tiny_model_dir, seed=12)), GENERATIONS)
+    c = read_artifact(
+        run_generate(_config(prompts_file, tmp_path / "c.parquet", tiny_model_dir, seed=12)),
+        GENERATIONS,
+    )
     assert a.equals(b)
     assert a["chosen"].to_list() != c["chosen"].to_list()
 
 
 def test_n_pairs(prompts_file, tiny_model_dir, tmp_path):
-    out = run_generate(_config(prompts_file, tmp_path / "g.parquet", tiny_model_dir, n_pairs=2, limit=3))
+    out = run_generate(
+        _config(prompts_file, tmp_path / "g.parquet", tiny_model_dir, n_pairs=2, limit=3)
+    )
     frame = read_artifact(out, GENERATIONS)
-    assert frame["id"].to_list() == [f"{pid}#{k}" for pid in frame["prompt_id"].unique(maintain_order=True) for k in (0, 1)]
+    assert frame["id"].to_list() == [
+        f"{pid}#{k}" for pid in frame["prompt_id"].unique(maintain_order=True) for k in (0, 1)
+    ]
     assert frame.filter(pl.col("prompt_id") == frame["prompt_id"][0])["chosen"].n_unique() >= 1
 
 
 def _generate_command(prompts: Path, out: Path, model: Path) -> list[str]:
     return [
-        sys.executable, "-m", "cli", "generate", "--prompts", str(prompts), "--out", str(out),
-        "--model", str(model), "--max-new-tokens", "8", "--limit", "40", "--batch-size", "4",
-        "--chunk-pairs", "2", "--seed", "5", "--strategy", "random-context",
+        sys.executable,
+        "-m",
+        "cli",
+        "generate",
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--max-new-tokens",
+        "8",
+        "--limit",
+        "40",
+        "--batch-size",
+        "4",
+        "--chunk-pairs",
+        "2",
+        "--seed",
+        "5",
+        "--strategy",
+        "random-context",
     ]
 
 
@@ -94,7 +132,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(prompts_file, tiny_mo
     reference = tmp_path / "ref" / "g.parquet"
     done = subprocess.run(
         _generate_command(prompts_file, reference, tiny_model_dir),
-        capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     out = tmp_path / "killed" / "g.parquet"
@@ -103,7 +144,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(prompts_file, tiny_mo
     for wait_for_parts in (2, 6):
         process = subprocess.Popen(
             _generate_command(prompts_file, out, tiny_model_dir),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[1],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=Path(__file__).parents[1],
             start_new_session=True,
         )
         deadline = time.time() + 300
@@ -119,7 +162,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(prompts_file, tiny_mo
     assert kills >= 1
     resumed = subprocess.run(
         _generate_command(prompts_file, out, tiny_model_dir),
-        capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming" in resumed.stderr
@@ -137,7 +183,9 @@ def test_changed_settings_discard_partial_results(prompts_file, tiny_model_dir, 
     parts.mkdir()
     (parts / "journal.json").write_text(json.dumps({"fingerprint": "stale"}))
     pl.DataFrame({"id": ["bogus"]}).write_parquet(parts / "part-000000.parquet")
-    frame = read_artifact(run_generate(_config(prompts_file, out, tiny_model_dir, limit=3)), GENERATIONS)
+    frame = read_artifact(
+        run_generate(_config(prompts_file, out, tiny_model_dir, limit=3)), GENERATIONS
+    )
     assert "bogus" not in frame["id"].to_list() and frame.height == 3
 
 
@@ -146,14 +194,22 @@ def test_generate_bad_inputs(prompts_file, tiny_model_dir, tmp_path):
     assert runner.invoke(app, ["ingest", "builtin:general", "--out", str(general)]).exit_code == 0
     out = tmp_path / "g.parquet"
     cases = [
-        (["--prompts", str(general), "--strategy", "missing-context"], ["general.parquet", "row 1", "'context'"]),
+        (
+            ["--prompts", str(general), "--strategy", "missing-context"],
+            ["general.parquet", "row 1", "'context'"],
+        ),
         (["--prompts", str(prompts_file), "--strategy", "random-contexts"], ["strategy"]),
-        (["--prompts", str(prompts_file), "--model", str(tmp_path / "no-model")], ["model", "does not exist"]),
+        (
+            ["--prompts", str(prompts_file), "--model", str(tmp_path / "no-model")],
+            ["model", "does not exist"],
+        ),
         (["--prompts", str(tmp_path / "missing.parquet")], ["missing.parquet", "file not found"]),
         (["--prompts", str(prompts_file), "--temperature", "-1"], ["temperature"]),
     ]
     for args, pieces in cases:
-        result = runner.invoke(app, ["generate", "--out", str(out), "--model", str(tiny_model_dir), *args])
+        result = runner.invoke(
+            app, ["generate", "--out", str(out), "--model", str(tiny_model_dir), *args]
+        )
         message = " ".join(result.output.split())
         assert result.exit_code == 2, (args, message)
         for piece in pieces:

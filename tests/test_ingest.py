@@ -33,13 +33,20 @@ def test_jsonl_csv_and_parquet_with_column_mapping(tmp_path: Path):
     csv = tmp_path / "b.csv"
     csv.write_text('uid,question,answer\nb1,"Two, words?",7\n', encoding="utf-8")
     parquet = tmp_path / "c.parquet"
-    pl.DataFrame({"uid": ["c1"], "question": ["Hello?"], "context": ["I like brevity."]}).write_parquet(
-        parquet
-    )
+    pl.DataFrame(
+        {"uid": ["c1"], "question": ["Hello?"], "context": ["I like brevity."]}
+    ).write_parquet(parquet)
     out = tmp_path / "prompts.parquet"
     result = _ingest(
-        str(jsonl), str(csv), str(parquet), "--out", str(out),
-        "--id-column", "uid", "--prompt-column", "question",
+        str(jsonl),
+        str(csv),
+        str(parquet),
+        "--out",
+        str(out),
+        "--id-column",
+        "uid",
+        "--prompt-column",
+        "question",
     )
     assert result.exit_code == 0, result.output
     frame = read_artifact(out, PROMPTS)
@@ -88,25 +95,49 @@ def test_benchmark_sources(tmp_path: Path):
 BAD_INPUTS = {
     # name: (file name, raw bytes, expected pieces of the message)
     "missing_prompt_column": ("x.jsonl", b'{"id": "1", "text": "hi"}\n', ["row 1", "'prompt'"]),
-    "empty_prompt": ("x.jsonl", b'{"id": "1", "prompt": "ok"}\n{"id": "2", "prompt": "   "}\n',
-                     ["row 2", "'prompt'", "empty"]),
-    "duplicate_id": ("x.jsonl", b'{"id": "1", "prompt": "a"}\n{"id": "1", "prompt": "b"}\n',
-                     ["row 2", "'id'", "duplicate"]),
+    "empty_prompt": (
+        "x.jsonl",
+        b'{"id": "1", "prompt": "ok"}\n{"id": "2", "prompt": "   "}\n',
+        ["row 2", "'prompt'", "empty"],
+    ),
+    "duplicate_id": (
+        "x.jsonl",
+        b'{"id": "1", "prompt": "a"}\n{"id": "1", "prompt": "b"}\n',
+        ["row 2", "'id'", "duplicate"],
+    ),
     "prompt_wrong_type": ("x.jsonl", b'{"id": "1", "prompt": 42}\n', ["row 1", "'prompt'", "text"]),
-    "non_utf8": ("x.jsonl", b'{"id": "1", "prompt": "a"}\n{"id": "2", "prompt": "caf\xe9"}\n',
-                 ["row 2", "UTF-8"]),
-    "invalid_json": ("x.jsonl", b'{"id": "1", "prompt": "a"}\n{"id": "2", "prompt": \n',
-                     ["row 2", "invalid JSON"]),
-    "unknown_task": ("x.jsonl", b'{"id": "1", "prompt": "a", "task": "poetry"}\n',
-                     ["row 1", "'task'", "poetry"]),
-    "context_items_not_list": ("x.jsonl", b'{"id": "1", "prompt": "a", "context_items": [1, 2]}\n',
-                               ["row 1", "'context_items'", "list of strings"]),
+    "non_utf8": (
+        "x.jsonl",
+        b'{"id": "1", "prompt": "a"}\n{"id": "2", "prompt": "caf\xe9"}\n',
+        ["row 2", "UTF-8"],
+    ),
+    "invalid_json": (
+        "x.jsonl",
+        b'{"id": "1", "prompt": "a"}\n{"id": "2", "prompt": \n',
+        ["row 2", "invalid JSON"],
+    ),
+    "unknown_task": (
+        "x.jsonl",
+        b'{"id": "1", "prompt": "a", "task": "poetry"}\n',
+        ["row 1", "'task'", "poetry"],
+    ),
+    "context_items_not_list": (
+        "x.jsonl",
+        b'{"id": "1", "prompt": "a", "context_items": [1, 2]}\n',
+        ["row 1", "'context_items'", "list of strings"],
+    ),
     "not_an_object": ("x.jsonl", b'["a", "b"]\n', ["row 1", "JSON object"]),
     "csv_missing_column": ("x.csv", b"id,question\n1,hi\n", ["row 1", "'prompt'"]),
-    "huge_prompt": ("x.jsonl", json.dumps({"id": "1", "prompt": "w " * 5_000_000}).encode() + b"\n",
-                    ["row 1", "'prompt'", "characters"]),
-    "null_id": ("x.jsonl", b'{"id": null, "prompt": "a"}\n{"id": "", "prompt": "b"}\n',
-                ["row 2", "'id'"]),
+    "huge_prompt": (
+        "x.jsonl",
+        json.dumps({"id": "1", "prompt": "w " * 5_000_000}).encode() + b"\n",
+        ["row 1", "'prompt'", "characters"],
+    ),
+    "null_id": (
+        "x.jsonl",
+        b'{"id": null, "prompt": "a"}\n{"id": "", "prompt": "b"}\n',
+        ["row 2", "'id'"],
+    ),
     "unknown_extension": ("x.txt", b"hello\n", ["unknown file type"]),
 }
 
@@ -129,7 +160,9 @@ def test_bad_input_fails_with_location_and_writes_nothing(tmp_path: Path, name: 
 
 def test_duplicate_ids_across_files_and_missing_file(tmp_path: Path):
     a = _write_jsonl(tmp_path / "a.jsonl", [{"id": "same", "prompt": "x"}])
-    b = _write_jsonl(tmp_path / "b.jsonl", [{"id": "other", "prompt": "y"}, {"id": "same", "prompt": "z"}])
+    b = _write_jsonl(
+        tmp_path / "b.jsonl", [{"id": "other", "prompt": "y"}, {"id": "same", "prompt": "z"}]
+    )
     out = tmp_path / "p.parquet"
     result = _ingest(str(a), str(b), "--out", str(out))
     assert result.exit_code == 2 and "b.jsonl" in result.output and "row 2" in result.output
@@ -145,7 +178,9 @@ def test_template_syntax_in_prompts_is_kept_verbatim(tmp_path: Path):
     from mipo_engine.chat import build_messages
 
     text = "Compute {{ 7*7 }} and {% if x %}y{% endif %} and ${prompt}"
-    source = _write_jsonl(tmp_path / "t.jsonl", [{"id": "1", "prompt": text, "context": "${context} {{x}}"}])
+    source = _write_jsonl(
+        tmp_path / "t.jsonl", [{"id": "1", "prompt": text, "context": "${context} {{x}}"}]
+    )
     out = tmp_path / "p.parquet"
     assert _ingest(str(source), "--out", str(out)).exit_code == 0
     row = pl.read_parquet(out).row(0, named=True)

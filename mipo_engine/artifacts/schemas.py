@@ -138,8 +138,7 @@ def validate_frame(
     missing = [name for name in schema.names if name not in frame.columns]
     if missing:
         raise InputError(
-            f"missing column(s) {missing} for a '{schema.name}' artifact "
-            f"(found {frame.columns})",
+            f"missing column(s) {missing} for a '{schema.name}' artifact (found {frame.columns})",
             file=file,
             field=missing[0],
         )
@@ -192,11 +191,15 @@ def validate_frame(
     empty = key.str.strip_chars().str.len_chars() == 0
     if empty.any():
         raise InputError("empty id", file=file, row=_first_bad_row(empty), field=schema.key)
-    duplicated = key.is_duplicated()
-    if duplicated.any():
-        row = _first_bad_row(duplicated)
+    repeated = ~key.is_first_distinct()
+    if repeated.any():
+        row = _first_bad_row(repeated)
+        first = _first_bad_row(key == key[row - 1])
         raise InputError(
-            f"duplicate id {key[row - 1]!r}", file=file, row=row, field=schema.key
+            f"duplicate id {key[row - 1]!r} (first at row {first})",
+            file=file,
+            row=row,
+            field=schema.key,
         )
     extra = [name for name in frame.columns if name not in schema.names]
     if extra and not allow_extra:

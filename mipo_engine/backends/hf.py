@@ -48,7 +48,9 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
             dtype
         ]
     except KeyError:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
+        raise ValueError(
+            f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}"
+        ) from None
 
 
 def load_model_and_tokenizer(
@@ -65,9 +67,7 @@ def load_model_and_tokenizer(
     torch_device = pick_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        network = AutoModelForCausalLM.from_pretrained(
-            path, dtype=pick_dtype(dtype, torch_device)
-        )
+        network = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, torch_device))
     except OSError as error:
         raise BackendError(f"cannot load model {model or 'default'!r}: {error}") from None
     if adapter is not None:
@@ -209,7 +209,9 @@ class HFBackend(Backend):
             top_p=None,
             temperature=None,
         )
-        stopping = StoppingCriteriaList([_StopOnStrings(self.tokenizer, width, stop)] if stop else [])
+        stopping = StoppingCriteriaList(
+            [_StopOnStrings(self.tokenizer, width, stop)] if stop else []
+        )
         output = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention.to(self.device),
@@ -267,7 +269,9 @@ class HFBackend(Backend):
                     response.to(self.device),
                 )
                 for index, logp, count in zip(
-                    order[start : start + self.batch_size], logps.tolist(), counts.tolist(),
+                    order[start : start + self.batch_size],
+                    logps.tolist(),
+                    counts.tolist(),
                     strict=True,
                 ):
                     results[index] = ScoreResult(logp=logp, num_tokens=int(count))
@@ -280,9 +284,7 @@ class HFBackend(Backend):
             torch.cuda.empty_cache()
 
 
-def pad_pairs(
-    pairs: Sequence[Any], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_pairs(pairs: Sequence[Any], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad encoded pairs: (input_ids, attention_mask, response_mask) as [B, T]."""
     width = max(len(p.input_ids) for p in pairs)
     ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)

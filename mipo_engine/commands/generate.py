@@ -39,8 +39,9 @@ def command(
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompt rows.")] = None,
     base_url: Annotated[
         str | None,
-        typer.Option(help="OpenAI-compatible server URL (openai backend); key from "
-        "OPENAI_API_KEY."),
+        typer.Option(
+            help="OpenAI-compatible server URL (openai backend); key from OPENAI_API_KEY."
+        ),
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Concurrent requests (openai backend).")] = 8,
     allow_failures: Annotated[

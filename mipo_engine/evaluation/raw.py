@@ -10,7 +10,7 @@ so this module reaches into the two local backends:
 
 INTERNALS: both paths depend on backend attributes that are not part of ``Backend``. The
 clean fix is a ``raw: bool`` field on ``GenerationRequest`` (text used as is, no chat template)
-plus a ``next_token_logprobs(token_ids, candidates)`` backend method; until then these helpers
+plus a ``continuation_logprobs(token_ids, options)`` backend method; until then these helpers
 are the one place that knows the internals.
 """
 
@@ -110,37 +110,79 @@ def _complete_vllm(
         sample = output.outputs[0]
         finish = "length" if sample.finish_reason == "length" else "stop"
         completions.append(
-            Completion(text=sample.text.strip(), finish_reason=finish, num_tokens=len(sample.token_ids))
+            Completion(
+                text=sample.text.strip(), finish_reason=finish, num_tokens=len(sample.token_ids)
+            )
         )
     backend.stats.requests += len(texts)
     return completions
 
 
-def candidate_logprobs(
+def continuation_logprobs(
     backend: Backend,
     contexts: Sequence[Sequence[int]],
-    candidates: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[Sequence[int]]],
     *,
     batch_size: int = 8,
 ) -> list[list[float]]:
-    """log pi(token | context) for each candidate token of each context, over the full vocab.
+    """log pi(continuation | context), summed over its tokens, for each context's options.
 
-    ``contexts[i]`` are token ids (BOS included); ``candidates[i]`` the token ids whose
-    next-token log-probs are wanted right after ``contexts[i]``.
+    ``contexts[i]`` are token ids (BOS included); ``continuations[i]`` the token-id
+    sequences whose log-probabilities after ``contexts[i]`` are wanted (the answer letters).
+    When every continuation is a single token, one forward pass per context reads them all
+    from the next-token distribution.
     """
     check_raw_support(backend)
-    if len(contexts) != len(candidates):
+    if len(contexts) != len(continuations):
         raise ValueError(
-            f"got {len(contexts)} contexts but {len(candidates)} candidate lists; "
+            f"got {len(contexts)} contexts but {len(continuations)} continuation lists; "
             "pass one list per context"
         )
     if not contexts:
         return []
-    if backend.name == "hf":
-        model = backend.model  # type: ignore[attr-defined]
-        pad = backend.tokenizer.pad_token_id  # type: ignore[attr-defined]
+    if backend.name == "vllm":
+        return _continuation_logprobs_vllm(backend, contexts, continuations)
+    model = backend.model  # type: ignore[attr-defined]
+    pad = backend.tokenizer.pad_token_id  # type: ignore[attr-defined]
+    if all(len(option) == 1 for options in continuations for option in options):
+        candidates = [[option[0] for option in options] for options in continuations]
         return next_token_logprobs(model, contexts, candidates, pad_id=pad, batch_size=batch_size)
-    return _candidate_logprobs_vllm(backend, contexts, candidates)
+    return _sequence_continuation_logprobs(model, contexts, continuations, pad, batch_size)
+
+
+def _left_padded(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids), left-padded so that rows end together.
+
+    Position ids count real tokens only, so a padded row sees the positions it would see
+    alone and padding changes nothing but rounding.
+    """
+    width = max(len(sequence) for sequence in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence) :] = torch.tensor(list(sequence), dtype=torch.long)
+        attention[row, width - len(sequence) :] = 1
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return ids, attention, positions
+
+
+def _last_logprobs(model: Any, sequences: Sequence[Sequence[int]], pad_id: int, keep: int) -> Any:
+    """Log-softmax over the vocabulary at the last ``keep`` positions of each row: (B, keep, V).
+
+    Only those positions' logits are computed (``logits_to_keep``): full logits for a
+    262k-token vocabulary would take gigabytes.
+    """
+    device = next(model.parameters()).device
+    ids, attention, positions = _left_padded(sequences, pad_id)
+    logits = model(
+        input_ids=ids.to(device),
+        attention_mask=attention.to(device),
+        position_ids=positions.to(device),
+        logits_to_keep=keep,
+    ).logits
+    return torch.log_softmax(logits.float(), dim=-1)
 
 
 @torch.no_grad()
@@ -152,43 +194,56 @@ def next_token_logprobs(
     pad_id: int,
     batch_size: int = 8,
 ) -> list[list[float]]:
-    """Next-token log-probs of given tokens after each context, with a transformers model.
-
-    Contexts are left-padded into batches so that every row's last position is its own last
-    token; position ids count real tokens only, so padding changes nothing but rounding.
-    Only the last position's logits are computed (``logits_to_keep=1``): full logits for a
-    262k-token vocabulary would take gigabytes.
-    """
-    device = next(model.parameters()).device
+    """Next-token log-probs of the given tokens after each context (a transformers model)."""
     order = sorted(range(len(contexts)), key=lambda index: -len(contexts[index]))
     results: list[list[float] | None] = [None] * len(contexts)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        width = max(len(contexts[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, index in enumerate(batch):
-            context = list(contexts[index])
-            ids[row, width - len(context) :] = torch.tensor(context)
-            attention[row, width - len(context) :] = 1
-        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=ids.to(device),
-            attention_mask=attention.to(device),
-            position_ids=positions.to(device),
-            logits_to_keep=1,
-        ).logits[:, -1, :]  # (B, V)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        logprobs = _last_logprobs(model, [contexts[i] for i in batch], pad_id, keep=1)[:, -1]
         for row, index in enumerate(batch):
             wanted = torch.tensor(list(candidates[index]), device=logprobs.device)
             results[index] = logprobs[row, wanted].tolist()
     return [result for result in results if result is not None]
 
 
-def _candidate_logprobs_vllm(
-    backend: Any, contexts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]]
+@torch.no_grad()
+def _sequence_continuation_logprobs(
+    model: Any,
+    contexts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[Sequence[int]]],
+    pad_id: int,
+    batch_size: int,
 ) -> list[list[float]]:
-    """Prompt log-probs of ``context + [candidate]``, one request per candidate.
+    """Summed log-probs of multi-token continuations: one row per (context, option)."""
+    rows = [
+        (index, option, [*contexts[index], *continuations[index][option]])
+        for index in range(len(contexts))
+        for option in range(len(continuations[index]))
+    ]
+    rows.sort(key=lambda row: -len(row[2]))
+    results = [[0.0] * len(options) for options in continuations]
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        keep = max(len(continuations[index][option]) for index, option, _ in batch) + 1
+        logprobs = _last_logprobs(model, [sequence for *_, sequence in batch], pad_id, keep)
+        for row, (index, option, _) in enumerate(batch):
+            tokens = continuations[index][option]
+            # Position -1 predicts the token after the sequence; token t of the continuation
+            # (0-based, n tokens) is predicted at position t - n - 1.
+            total = sum(
+                logprobs[row, position - len(tokens) - 1, token].item()
+                for position, token in enumerate(tokens)
+            )
+            results[index][option] = total
+    return results
+
+
+def _continuation_logprobs_vllm(
+    backend: Any,
+    contexts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[Sequence[int]]],
+) -> list[list[float]]:
+    """Prompt log-probs of ``context + continuation``, one request per option.
 
     vLLM returns only the top-k tokens of a generated position, which may miss a letter;
     the log-prob of a token *in the prompt* is always returned (``prompt_logprobs=0``), and
@@ -197,13 +252,16 @@ def _candidate_logprobs_vllm(
     from vllm import SamplingParams
 
     prompts, owners = [], []
-    for index, (context, tokens) in enumerate(zip(contexts, candidates, strict=True)):
-        for token in tokens:
-            prompts.append({"prompt_token_ids": [*context, token]})
-            owners.append((index, token))
+    for index, (context, options) in enumerate(zip(contexts, continuations, strict=True)):
+        for option in options:
+            prompts.append({"prompt_token_ids": [*context, *option]})
+            owners.append((index, list(option)))
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
     outputs = backend.llm.generate(prompts, params, use_tqdm=False)
     results: list[list[float]] = [[] for _ in contexts]
-    for (index, token), output in zip(owners, outputs, strict=True):
-        results[index].append(output.prompt_logprobs[-1][token].logprob)
+    for (index, option), output in zip(owners, outputs, strict=True):
+        entries = output.prompt_logprobs[len(output.prompt_logprobs) - len(option) :]
+        results[index].append(
+            sum(entry[token].logprob for entry, token in zip(entries, option, strict=True))
+        )
     return results

@@ -27,7 +27,7 @@ from mipo_engine.artifacts.schemas import PROMPTS, validate_frame
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.errors import InputError
 from mipo_engine.evaluation.extract import extract_choice, extract_number, numbers_equal
-from mipo_engine.sources.benchmarks import choice_labels, load_benchmark, subsample
+from mipo_engine.sources.benchmarks import BENCHMARKS, choice_labels, load_benchmark, subsample
 
 Kind = Literal["math", "mcq", "personalization"]
 Row = dict[str, Any]
@@ -95,10 +95,30 @@ def load_items(
     elif data is not None and Path(data).suffix == ".parquet":
         rows = _prompts_file_rows(Path(data), expected_task=task.kind)
     else:
-        rows = load_benchmark(task.name, data)
+        try:
+            rows = load_benchmark(task.name, data)
+        except FileNotFoundError as error:
+            raise InputError(str(error), file=str(data or task.name)) from None
     if not rows:
         raise InputError("no items to evaluate", file=str(data or task.name))
     return subsample(rows, limit, seed=seed) if limit is not None else rows
+
+
+def data_source(task: EvalTask, data: str | Path | None) -> Path | None:
+    """The file or folder the items come from, for the manifest's input hashes."""
+    if data is not None and not str(data).startswith("builtin:"):
+        return Path(data)
+    if task.kind == "personalization":
+        from mipo_engine.resources import resource_dir
+        from mipo_engine.stages.ingest import BUILTIN_SETS
+
+        name = str(data or DEFAULT_PERSONALIZATION_DATA).removeprefix("builtin:")
+        file_name = BUILTIN_SETS.get(name, (None,))[0]
+        return resource_dir("data") / file_name if file_name else None
+    try:
+        return BENCHMARKS[task.name].default_path()
+    except FileNotFoundError:  # no shared data folder; load_items reports it
+        return None
 
 
 def _prompts_file_rows(path: Path, *, expected_task: str) -> list[Row]:

@@ -38,7 +38,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mipo_engine.lab.toy_mio import LabConfigError, check_methods, check_steps, save_figure
+from mipo_engine.lab.toy_mio import (
+    LabConfigError,
+    check_methods,
+    check_steps,
+    save_figure,
+    single_thread,
+)
 from mipo_engine.training.losses import dpo
 
 __all__ = [
@@ -241,7 +247,9 @@ def _dpo_block(pairs: PairBlock, hyper: dict[str, Tensor], ref_free: bool = Fals
     ref_rejected = torch.zeros_like(pairs.ref_rejected) if ref_free else pairs.ref_rejected
     rows = [
         dpo(chosen, rejected, ref_chosen, ref_rejected, beta=float(beta))
-        for chosen, rejected, beta in zip(pairs.chosen, pairs.rejected, hyper["beta"].flatten())
+        for chosen, rejected, beta in zip(
+            pairs.chosen, pairs.rejected, hyper["beta"].flatten(), strict=True
+        )
     ]
     return torch.stack(rows)
 
@@ -339,12 +347,17 @@ def _train(
         n = settings.batch_size
         chosen = torch.multinomial(chosen_sampler, n, replacement=True, generator=generator)
         rejected = torch.multinomial(rejected_sampler, n, replacement=True, generator=generator)
-        logps = torch.log_softmax(logits, dim=-1)  # (M, K)
+        # Gather by one-hot matmul: its backward is a matmul, far cheaper than the
+        # scatter-add behind advanced indexing. Slicing the small (M, K) logits per group
+        # keeps the slices' backward small too.
+        pick_chosen = F.one_hot(chosen, settings.num_classes).T.float()  # (K, B)
+        pick_rejected = F.one_hot(rejected, settings.num_classes).T.float()
         total = logits.new_zeros(())
         for group, hyper in zip(groups, hypers, strict=True):
+            logps = torch.log_softmax(logits[group.rows], dim=-1)  # (n_group, K)
             block = PairBlock(
-                chosen=logps[group.rows][:, chosen],  # (n_group, B)
-                rejected=logps[group.rows][:, rejected],
+                chosen=logps @ pick_chosen,  # (n_group, B)
+                rejected=logps @ pick_rejected,
                 ref_chosen=ref_logps[chosen],  # (B,)
                 ref_rejected=ref_logps[rejected],
             )
@@ -472,7 +485,8 @@ def run_did_synthetic(
     generator = torch.Generator().manual_seed(seed)
     policies = make_policies(settings.num_classes, settings.tau, generator)
     groups = _model_groups(methods, settings.search_hyperparameters)
-    trace = _train(policies, groups, settings, generator, show_progress)
+    with single_thread():
+        trace = _train(policies, groups, settings, generator, show_progress)
     results = _summarise(trace, groups)
 
     out_dir = Path(out_dir)

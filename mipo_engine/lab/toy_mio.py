@@ -23,11 +23,12 @@ vanish and changes sign at sigmoid(beta D_c) = 2/3 (Prop. 3.1-3.2).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,21 @@ def check_methods(methods: Iterable[str], allowed: Sequence[str]) -> tuple[str, 
     return chosen
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one CPU thread inside the block, restoring the previous count after.
+
+    The lab's models are tiny: with several threads the per-operation synchronisation costs
+    more than the arithmetic (several times slower on a busy 2-core machine).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def save_figure(fig: Any, path: Path) -> None:
     """Write a matplotlib figure as PNG and release it."""
     import matplotlib.pyplot as plt
@@ -134,7 +150,7 @@ class ToyMioSettings:
     beta: float = 0.1
     learning_rate: float = 1e-3
     steps: int = 1000
-    reference_steps: int = 1000
+    reference_steps: int = 300
     reference_learning_rate: float = 1e-2
 
     def __post_init__(self) -> None:
@@ -197,7 +213,7 @@ def scenario_targets(chosen_prob: float, rejected_prob: float) -> Tensor:
     (1 - 0.1 - 4 * 0.001) / 5 = 0.1792 for each of those.
     """
     leftover = 1.0 - chosen_prob - len(REJECTED_RESPONSES) * rejected_prob
-    if not (0 < chosen_prob and 0 < rejected_prob and leftover > 0):
+    if not (chosen_prob > 0 and rejected_prob > 0 and leftover > 0):
         raise LabConfigError(
             f"initial probabilities chosen={chosen_prob}, rejected={rejected_prob} (x4) must be "
             "positive and sum below 1; lower normal_prob or small_prob"
@@ -234,17 +250,17 @@ def sample_pairs(generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     return prompts, torch.tensor(CHOSEN_RESPONSES), rejected
 
 
-def response_group_probs(probs: Tensor) -> dict[str, float]:
+def response_group_probs(probs: Tensor) -> dict[str, Tensor]:
     """Mean probability of a prompt's own chosen response, of a rejected and of an unseen one.
 
-    ``probs`` is (4, 10); each value averages over the prompts and over the responses of the
-    group, so it reads as "the probability of one such response".
+    ``probs`` is (..., 4, 10); each value (...) averages over the prompts and over the
+    responses of the group, so it reads as "the probability of one such response".
     """
-    own_chosen = probs[torch.arange(NUM_PROMPTS), torch.tensor(CHOSEN_RESPONSES)]
+    own_chosen = probs[..., torch.arange(NUM_PROMPTS), torch.tensor(CHOSEN_RESPONSES)]
     return {
-        "chosen": float(own_chosen.mean()),
-        "rejected": float(probs[:, list(REJECTED_RESPONSES)].mean()),
-        "unseen": float(probs[:, list(UNSEEN_RESPONSES)].mean()),
+        "chosen": own_chosen.mean(dim=-1),
+        "rejected": probs[..., list(REJECTED_RESPONSES)].mean(dim=(-2, -1)),
+        "unseen": probs[..., list(UNSEEN_RESPONSES)].mean(dim=(-2, -1)),
     }
 
 
@@ -255,22 +271,23 @@ def response_group_probs(probs: Tensor) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class ToyCurves:
-    """Group probabilities after each step (index 0 = the reference), one list per group."""
+    """Group probabilities (steps + 1,) before each step and after the last (index 0 = the
+    reference), as returned by ``response_group_probs``."""
 
-    chosen: list[float]
-    rejected: list[float]
-    unseen: list[float]
+    chosen: Tensor
+    rejected: Tensor
+    unseen: Tensor
 
     def summary(self) -> dict[str, float]:
         return {
-            "chosen_prob_start": self.chosen[0],
-            "chosen_prob_end": self.chosen[-1],
-            "chosen_prob_min": min(self.chosen),
-            "chosen_prob_max": max(self.chosen),
-            "rejected_prob_start": self.rejected[0],
-            "rejected_prob_end": self.rejected[-1],
-            "unseen_prob_start": self.unseen[0],
-            "unseen_prob_end": self.unseen[-1],
+            "chosen_prob_start": float(self.chosen[0]),
+            "chosen_prob_end": float(self.chosen[-1]),
+            "chosen_prob_min": float(self.chosen.min()),
+            "chosen_prob_max": float(self.chosen.max()),
+            "rejected_prob_start": float(self.rejected[0]),
+            "rejected_prob_end": float(self.rejected[-1]),
+            "unseen_prob_start": float(self.unseen[0]),
+            "unseen_prob_end": float(self.unseen[-1]),
         }
 
 
@@ -288,10 +305,11 @@ def train_preference(
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         ref_logps = reference(torch.arange(NUM_PROMPTS))  # (4, 10)
-    history = [response_group_probs(policy.all_probs())]
+    snapshots = []
     for _ in range(settings.steps):
         prompts, chosen, rejected = sample_pairs(generator)
-        logps = policy(prompts)  # (4, 10)
+        logps = policy(prompts)  # (4, 10), every prompt once, in order
+        snapshots.append(logps.detach().exp())
         losses = loss_fn(
             logps[prompts, chosen],
             logps[prompts, rejected],
@@ -303,14 +321,11 @@ def train_preference(
         optimizer.zero_grad()
         losses.mean().backward()
         optimizer.step()
-        history.append(response_group_probs(policy.all_probs()))
         if progress is not None:
             progress.update(1)
-    return ToyCurves(
-        chosen=[h["chosen"] for h in history],
-        rejected=[h["rejected"] for h in history],
-        unseen=[h["unseen"] for h in history],
-    )
+    snapshots.append(policy.all_probs())
+    groups = response_group_probs(torch.stack(snapshots))  # each (steps + 1,)
+    return ToyCurves(**groups)
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +339,12 @@ def _write_curves_csv(path: Path, curves: Mapping[str, Mapping[str, ToyCurves]])
         writer.writerow(["scenario", "method", "step", "chosen", "rejected", "unseen"])
         for scenario, by_method in curves.items():
             for method, curve in by_method.items():
-                rows = zip(curve.chosen, curve.rejected, curve.unseen, strict=True)
+                rows = zip(
+                    curve.chosen.tolist(),
+                    curve.rejected.tolist(),
+                    curve.unseen.tolist(),
+                    strict=True,
+                )
                 for step, (c, r, u) in enumerate(rows):
                     writer.writerow([scenario, method, step, f"{c:.6g}", f"{r:.6g}", f"{u:.6g}"])
 
@@ -428,7 +448,8 @@ def run_toy_mio(
     references: dict[str, Tensor] = {}
     curves: dict[str, dict[str, ToyCurves]] = {}
     total = len(scenarios) * len(methods) * settings.steps
-    with tqdm(total=total, desc="toy-mio", disable=not show_progress) as progress:
+    progress = tqdm(total=total, desc="toy-mio", disable=not show_progress)
+    with progress, single_thread():
         for scenario in scenarios:
             chosen_level, rejected_level = TOY_SCENARIOS[scenario]
             targets = scenario_targets(settings.level(chosen_level), settings.level(rejected_level))

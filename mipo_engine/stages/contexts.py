@@ -512,14 +512,20 @@ def contexts_to_prompts(contexts: pl.DataFrame, *, source: str = "contexts") -> 
 def _infer(
     backend: Backend, rows: list[SourceRow], config: ContextsConfig
 ) -> list[Reply[dict[str, str]]]:
+    """Ask for every row's context; a system-to-user statement becomes a one-item context."""
     queries = [Query(row.source_id, row.messages) for row in rows]
     if config.mode == "preferences":
         return ask_with_retries(backend, queries, parse_user_context, config.policy())
     statements = ask_with_retries(backend, queries, parse_user_statement, config.policy())
-    for row, reply in zip(rows, statements, strict=True):
-        if reply.value is not None:
-            reply.value = {row.statement_key or "statement": reply.value}  # type: ignore[assignment]
-    return statements  # type: ignore[return-value]
+    return [
+        Reply(
+            {row.statement_key or "statement": reply.value} if reply.value is not None else None,
+            reply.raw,
+            reply.error,
+            reply.attempts,
+        )
+        for row, reply in zip(rows, statements, strict=True)
+    ]
 
 
 def _run_pending(

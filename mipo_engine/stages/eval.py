@@ -28,16 +28,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import fingerprint
-from mipo_engine.artifacts.store import is_complete, read_artifact, write_json_atomic
+from mipo_engine.artifacts.store import is_complete, write_json_atomic
 from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig, create_backend
 from mipo_engine.chat import build_messages
 from mipo_engine.errors import ConfigError
 from mipo_engine.evaluation.personalization import adherence_counts, conditional_logps
 from mipo_engine.evaluation.raw import (
     backend_tokenizer,
-    candidate_logprobs,
     check_raw_support,
     complete_raw,
+    continuation_logprobs,
     with_bos,
 )
 from mipo_engine.evaluation.results import EVAL, summarize, summary_path
@@ -46,11 +46,12 @@ from mipo_engine.evaluation.tasks import (
     EVAL_TASKS,
     EvalTask,
     answer_prefix,
+    data_source,
     get_task,
     grade_math,
     grade_mcq,
     join_completion,
-    letter_token_ids,
+    letter_continuations,
     load_items,
 )
 from mipo_engine.sources.benchmarks import EVAL_STOP_SEQUENCES, choice_labels, eval_prompt
@@ -60,6 +61,7 @@ console = Console(stderr=True)
 
 BackendName = Literal["hf", "vllm"]
 JudgeBackendName = Literal["hf", "vllm", "openai"]
+JudgeMode = Literal["rubric", "rlaif", "verify"]
 
 
 class EvalConfig(StageConfig):
@@ -87,13 +89,15 @@ class EvalConfig(StageConfig):
     batch_size: int = Field(8, ge=1)
     chunk_items: int = Field(32, ge=1)
     """Responses per saved chunk: the unit of resume after a crash."""
-    judge_backend: JudgeBackendName | None = None
+    reference: Path | None = None
+    """A previous personalization eval: judge both and report the win rate against it."""
+    judge_mode: JudgeMode = "rubric"
+    """rubric (one judge call per item and rubric), rlaif (one per context), verify (checkers)."""
+    judge_backend: JudgeBackendName = "hf"
     judge_model: str | None = None
     judge_base_url: str | None = None
-    reference: Path | None = None
-    """A previous personalization eval whose responses are the win-rate reference."""
-    rubrics: str = "verifiable"
-    """Rubric set for judging (``mipo_engine.judging.rubric_sets``)."""
+    rubrics: Path | None = None
+    """Rubrics artifact (``mipo rubrics``); rubric mode builds one with the judge if absent."""
 
     @field_validator("task")
     @classmethod
@@ -106,13 +110,8 @@ class EvalConfig(StageConfig):
         kind = EVAL_TASKS[self.task].kind
         if self.samples > 1 and kind != "personalization":
             raise ValueError("samples > 1 applies to the personalization task only")
-        judging = self.judge_backend is not None or self.reference is not None
-        if judging and kind != "personalization":
-            raise ValueError("judge options apply to the personalization task only")
-        if judging and (self.judge_backend is None or self.reference is None):
-            raise ValueError(
-                "judging needs both --judge-backend and --reference (a previous eval output)"
-            )
+        if self.reference is not None and kind != "personalization":
+            raise ValueError("--reference (judging) applies to the personalization task only")
         return self
 
     @property
@@ -215,28 +214,28 @@ def _evaluate_math(backend: Backend, units: list[Unit], config: EvalConfig) -> l
 def answer_letter_logprobs(
     backend: Backend, texts: list[str], responses: list[str], letter_counts: list[int]
 ) -> list[list[float] | None]:
-    """Next-token log-probs of each answer letter after ``The answer is:`` (seed 004 Fig. 2-3).
+    """Log-probs of each answer letter right after ``The answer is:`` (seed 004 Figs. 2-3).
 
-    The context is the prompt, the response up to its last ``The answer is:`` (or the
-    response plus that marker, when the model never wrote it) and one forward pass reads the
-    log-probs of the tokens ``" A"``, ``" B"``, ... at the next position. None for an item
-    whose letters are not single distinct tokens.
+    The context is the prompt, then the response up to its last ``The answer is:`` (or the
+    response plus that marker, when the model never wrote it); the log-probs of ``" A"``,
+    ``" B"``, ... after it come from one forward pass when each letter is one token (Gemma).
+    None for an item whose letters cannot be told apart by their tokens.
     """
     tokenizer = backend_tokenizer(backend)
-    contexts, candidates, positions = [], [], []
+    contexts, continuations, positions = [], [], []
     for index, (text, response, count) in enumerate(
         zip(texts, responses, letter_counts, strict=True)
     ):
         context = join_completion(text, answer_prefix(response))
-        found = letter_token_ids(tokenizer, context, choice_labels(count))
+        found = letter_continuations(tokenizer, context, choice_labels(count))
         if found is None:
             continue
         context_ids, letter_ids = found
         contexts.append(with_bos(tokenizer, context_ids))
-        candidates.append(letter_ids)
+        continuations.append(letter_ids)
         positions.append(index)
     batch_size = getattr(backend, "batch_size", 8)
-    values = candidate_logprobs(backend, contexts, candidates, batch_size=batch_size)
+    values = continuation_logprobs(backend, contexts, continuations, batch_size=batch_size)
     results: list[list[float] | None] = [None] * len(texts)
     for index, logprobs in zip(positions, values, strict=True):
         results[index] = logprobs
@@ -366,12 +365,16 @@ def _evaluate_chunk(backends: _Backends, units: list[Unit], config: EvalConfig) 
 
 def _check_paths(config: EvalConfig) -> Path:
     """The output path, after checking the inputs exist and none would be overwritten."""
-    data_file = Path(config.data) if config.data and not config.data.startswith("builtin:") else None
-    output = check_output_path(config.out, data_file, config.reference)
+    data_file = (
+        Path(config.data) if config.data and not config.data.startswith("builtin:") else None
+    )
+    output = check_output_path(config.out, data_file, config.reference, config.rubrics)
     if data_file is not None and not data_file.exists():
         raise ConfigError(f"data file {data_file} does not exist", key="data")
     if config.adapter is not None and not config.adapter.is_dir():
         raise ConfigError(f"adapter folder {config.adapter} does not exist", key="adapter")
+    if config.rubrics is not None and not config.rubrics.is_file():
+        raise ConfigError(f"rubrics file {config.rubrics} does not exist", key="rubrics")
     if config.reference is not None and not is_complete(config.reference):
         raise ConfigError(
             f"reference {config.reference} is not a complete eval output (run mipo eval first)",
@@ -424,19 +427,21 @@ def _generate_all(
     return len(todo)
 
 
-def _judge(frame: pl.DataFrame, config: EvalConfig) -> pl.DataFrame:
-    """Rubric judge scores of the responses and of the reference's, and wins (ties win)."""
+def _judge(frame: pl.DataFrame, output: Path, config: EvalConfig) -> pl.DataFrame:
+    """Judge scores of the responses and of the reference's, and wins (ties win)."""
     from mipo_engine.evaluation.judged import judge_against_reference
 
-    reference = read_artifact(config.reference, EVAL)
+    assert config.reference is not None
     return judge_against_reference(
         frame,
-        reference,
-        judge_backend=config.judge_backend,
-        judge_model=config.judge_model,
+        output=output,
+        reference=config.reference,
+        mode=config.judge_mode,
+        backend=config.judge_backend,
+        model=config.judge_model,
         base_url=config.judge_base_url,
         rubrics=config.rubrics,
-        reference_file=config.reference,
+        batch_size=config.batch_size,
     )
 
 
@@ -452,20 +457,25 @@ def run_eval(
     task = config.eval_task
     items = load_items(task, config.data, limit=config.limit, seed=config.seed)
     units = plan_units(items, config.samples, config.seed)
-    inputs = {"data": Path(config.data) if config.data and Path(config.data).exists() else None}
-    if config.reference is not None:
-        inputs["reference"] = config.reference
+    inputs = {
+        "data": data_source(task, config.data),
+        "adapter": config.adapter,
+        "reference": config.reference,
+        "rubrics": config.rubrics,
+    }
     run = StageRun("eval", output, config.identity(), inputs)
     if run.up_to_date():
         console.print(f"{output} is up to date; nothing to do.")
         return output
-    journal = RowJournal(output, fingerprint(config.response_identity(), run.input_info))
+    # Responses depend on the items and the model, not on how they are judged afterwards.
+    response_inputs = [entry for entry in run.input_info if entry["role"] in ("data", "adapter")]
+    journal = RowJournal(output, fingerprint(config.response_identity(), response_inputs))
     started = time.perf_counter()
     evaluated = _generate_all(config, units, journal, backend, base_backend)
     seconds = time.perf_counter() - started
     frame = _ordered(journal.load(), units)
-    if config.judge_backend is not None:
-        frame = _judge(frame, config)
+    if config.reference is not None:
+        frame = _judge(frame, output, config)
     summary = summarize(frame, task.kind)
     summary.update(
         model=config.model or "default",

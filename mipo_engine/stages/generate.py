@@ -134,7 +134,9 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
     failures: list[tuple[str, str]] = []
     new_tokens, started = 0, time.perf_counter()
     if todo:
-        backend = backend or create_backend(config.backend, config.model, **_backend_options(config))
+        backend = backend or create_backend(
+            config.backend, config.model, **_backend_options(config)
+        )
         try:
             with Progress(
                 "[progress.description]{task.description}",

@@ -7,8 +7,10 @@ Two artifacts can feed ``mipo score`` and ``mipo train``:
   random-prompt; DESIGN.md section 3). ``rejected_input`` is kept for InfoNCE and PMI.
 - ``preferences`` (from ``mipo export``, TRL-compatible): ``prompt`` is the rendered training
   prompt (or a message list, rendered with the model's chat template), ``chosen`` and
-  ``rejected`` are strings (or message lists whose assistant turn is the response), with
-  optional ``ref_chosen_logps`` / ``ref_rejected_logps``.
+  ``rejected`` are strings (or message lists whose last assistant turn is the response), with
+  optional ``ref_chosen_logps`` / ``ref_rejected_logps`` and ``split``. Without a ``prompt``
+  column (OpenRLHF's implicit-prompt layout) the prompt is the chosen conversation minus its
+  last turn.
 
 Both are normalised to one "pair table" (``PAIR_COLUMNS``) so the rest of the code never asks
 which artifact it came from. Every response is tokenised by ``encode_pair``: the same ids in
@@ -17,7 +19,6 @@ which artifact it came from. Every response is tokenised by ``encode_pair``: the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,11 +68,15 @@ Render = Callable[[list[Message]], str]
 # --------------------------------------------------------------------------------------------
 
 
-def read_pairs(path: str | Path, *, render: Render | None = None) -> pl.DataFrame:
+def read_pairs(
+    path: str | Path, *, render: Render | None = None, split: str | None = None
+) -> pl.DataFrame:
     """Read a ``generations`` or ``preferences`` artifact as a pair table.
 
     ``render`` turns a message list into prompt text (the model's chat template); it is only
-    needed, and only called, for conversational ``preferences`` rows.
+    needed, and only called, for conversational ``preferences`` rows. ``split`` keeps only the
+    rows of that ``split`` (``mipo export`` assigns them); inputs without the column are kept
+    whole.
 
     Raises:
         InputError: naming the file, the 1-based row and the column at fault.
@@ -85,7 +90,22 @@ def read_pairs(path: str | Path, *, render: Render | None = None) -> pl.DataFram
         raise InputError(f"not a readable Parquet file ({error})", file=path) from None
     if "chosen_input" in columns:
         return _pairs_from_generations(read_artifact(path, GENERATIONS))
-    return _pairs_from_preferences(pl.read_parquet(path), path, render)
+    frame = pl.read_parquet(path)
+    if split is not None and "split" in frame.columns:
+        frame = _only_split(frame, split, path)
+    return _pairs_from_preferences(frame, path, render)
+
+
+def _only_split(frame: pl.DataFrame, split: str, path: Path) -> pl.DataFrame:
+    kept = frame.filter(pl.col("split") == split)
+    if kept.height == 0:
+        found = sorted(str(s) for s in frame["split"].unique().drop_nulls().to_list())
+        raise InputError(
+            f"no rows with split {split!r} (found {found}); choose one with --split",
+            file=path,
+            field="split",
+        )
+    return kept
 
 
 def _pairs_from_generations(frame: pl.DataFrame) -> pl.DataFrame:
@@ -102,6 +122,8 @@ def _pairs_from_generations(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _pairs_from_preferences(frame: pl.DataFrame, path: Path, render: Render | None) -> pl.DataFrame:
+    if "prompt" not in frame.columns and "chosen" in frame.columns:
+        frame = frame.with_columns(_implicit_prompt(frame, path))
     missing = [c for c in ("id", "prompt", "chosen", "rejected") if c not in frame.columns]
     if missing:
         raise InputError(
@@ -168,6 +190,28 @@ def _prompt_text(frame: pl.DataFrame, path: Path, render: Render | None) -> pl.S
         for row, value in enumerate(series.to_list(), start=1)
     ]
     return pl.Series("prompt", texts, dtype=pl.String)
+
+
+def _implicit_prompt(frame: pl.DataFrame, path: Path) -> pl.Series:
+    """OpenRLHF layout: the prompt is the chosen conversation without its last turn."""
+    if not _is_message_list(frame["chosen"]):
+        raise InputError(
+            "no prompt column, and chosen is not a conversation to take it from",
+            file=path,
+            field="prompt",
+        )
+    prompts = []
+    for row, value in enumerate(frame["chosen"].to_list(), start=1):
+        messages = _messages(value, path, row, "chosen")
+        if len(messages) < 2:
+            raise InputError(
+                "an implicit-prompt conversation needs the prompt turns and the response",
+                file=path,
+                row=row,
+                field="chosen",
+            )
+        prompts.append(messages[:-1])
+    return pl.Series("prompt", prompts)
 
 
 def _response_text(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
@@ -321,14 +365,14 @@ def encode_examples(
         cross_chosen = cross_rejected = None
         if with_cross:
             cross_prompt = row["rejected_input"]
-            cross_chosen = encode_pair(tokenizer, cross_prompt, row["chosen"], max_length=max_length)
+            cross_chosen = encode_pair(
+                tokenizer, cross_prompt, row["chosen"], max_length=max_length
+            )
             cross_rejected = encode_pair(
                 tokenizer, cross_prompt, row["rejected"], max_length=max_length
             )
         values = {column: float(row[column]) for column in value_columns}
-        examples.append(
-            PairExample(index, chosen, rejected, values, cross_chosen, cross_rejected)
-        )
+        examples.append(PairExample(index, chosen, rejected, values, cross_chosen, cross_rejected))
     return examples
 
 
@@ -450,9 +494,3 @@ class LengthGroupedSeededSampler(Sampler[int]):
         for start in range(0, len(order), self.mega_batch):
             group = order[start : start + self.mega_batch]
             yield from sorted(group, key=lambda i: -self.lengths[i])
-
-
-def steps_per_epoch(num_pairs: int, batch_size: int, accumulation: int, world_size: int) -> int:
-    """Optimizer steps in one pass over ``num_pairs`` (the last partial batch included)."""
-    batches = math.ceil(num_pairs / (batch_size * world_size))
-    return max(1, math.ceil(batches / accumulation))

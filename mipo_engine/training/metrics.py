@@ -30,9 +30,6 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 METRICS_FILE = "metrics.jsonl"
 
-# Keys of Trainer's end-of-training summary; they belong in the run manifest, not per step.
-_SUMMARY_KEYS = ("train_runtime", "train_loss", "total_flos")
-
 
 class MetricAccumulator:
     """Sums of per-example metrics since the last log, averaged (over processes) on demand."""
@@ -105,9 +102,8 @@ class MetricsFileCallback(TrainerCallback):
         logs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        # Training logs carry "loss"; the end-of-run summary ("train_loss") goes to the manifest.
         if not state.is_world_process_zero or not logs or "loss" not in logs:
-            return
-        if any(key in logs for key in _SUMMARY_KEYS):
             return
         record = {"step": state.global_step, **{k: _json_value(v) for k, v in logs.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,3 +170,13 @@ class RichProgressCallback(TrainerCallback):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class LogLastStepCallback(TrainerCallback):
+    """Log the final step too, so ``metrics.jsonl`` and the plot end where training ended."""
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        if state.global_step >= state.max_steps:
+            control.should_log = True

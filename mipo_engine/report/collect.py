@@ -1,0 +1,849 @@
+"""Read a run directory into plain data for ``mipo report``.
+
+A run directory is what ``mipo run`` writes, or any folder the stages were pointed at by hand:
+``*.manifest.json`` beside each Parquet artifact, a training folder with ``metrics.jsonl`` and
+``train_manifest.json``, eval summaries, optionally ``pipeline.yaml``, ``state.json`` and
+``round-N/`` folders of later iterative rounds laid out the same way. Artifacts are found by
+their manifests' ``stage`` field, not by file name, one folder level deep.
+
+Everything here is lenient: a report is a viewer, so a missing piece becomes a line in
+``RunData.absent`` and an unreadable one a line in ``RunData.problems``, never an exception.
+Every string that leaves this module has been through ``redact`` (manifests already are; the
+pipeline config and model text may not be).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mipo_engine.artifacts.manifest import redact
+from mipo_engine.artifacts.schemas import GENERATIONS, SCORES, ArtifactSchema
+from mipo_engine.artifacts.store import read_artifact
+from mipo_engine.errors import MipoError
+
+TRAIN_MANIFEST_FILE = "train_manifest.json"
+"""The training folder's manifest (``mipo_engine.stages.train.MANIFEST_FILE``)."""
+METRICS_FILE = "metrics.jsonl"
+"""Per-step training metrics (``mipo_engine.stages.train.METRICS_FILE``)."""
+STAGE_ORDER = (
+    "ingest",
+    "contexts",
+    "generate",
+    "score",
+    "rubrics",
+    "judge",
+    "export",
+    "train-reference",
+    "train",
+    "eval",
+)
+"""Pipeline order, for artifacts that ``state.json`` does not place."""
+MAX_DIVERSITY_TEXTS = 400
+"""Responses per side that self-BLEU is computed on (a seeded subsample beyond that)."""
+SAMPLE_TEXT_LIMIT = 1500
+"""Characters of a sample response shown before it is cut."""
+_ROUND_FOLDER = re.compile(r"^round[-_]?(\d+)$")
+
+
+# --------------------------------------------------------------------------------------------
+# The data the page is drawn from
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Artifact:
+    """One finished stage output: its manifest, and the data file it describes (if any)."""
+
+    stage: str
+    manifest_file: Path
+    manifest: dict[str, Any]
+    data_file: Path | None
+
+    @property
+    def rows(self) -> int | None:
+        rows = (self.manifest.get("output") or {}).get("rows")
+        return int(rows) if isinstance(rows, (int, float)) else None
+
+    @property
+    def started_at(self) -> str:
+        return str(self.manifest.get("started_at") or "")
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall time from the manifest's timestamps (the last run of a resumed stage)."""
+        try:
+            start = datetime.fromisoformat(self.manifest["started_at"])
+            end = datetime.fromisoformat(self.manifest["finished_at"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return max((end - start).total_seconds(), 0.0)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.manifest.get("stats") or {}
+
+
+@dataclass
+class StageRow:
+    """One line of the pipeline table."""
+
+    name: str
+    stage: str
+    status: str
+    output: str
+    rows_in: int | None = None
+    rows_out: int | None = None
+    seconds: float | None = None
+    note: str = ""
+
+
+@dataclass
+class TrainingData:
+    """A training folder: the logged steps and, once finished, its manifest."""
+
+    folder: str
+    records: list[dict[str, float]]
+    manifest: dict[str, Any] | None
+
+    @property
+    def loss(self) -> dict[str, Any]:
+        return (self.manifest or {}).get("loss") or {}
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """Steps and values of one metric (steps without it are skipped)."""
+        points = [(int(r["step"]), r[key]) for r in self.records if key in r and "step" in r]
+        return [p[0] for p in points], [p[1] for p in points]
+
+
+@dataclass
+class EvalRow:
+    """One eval output of a task: its summary and paired differences to the first row."""
+
+    label: str
+    model: str
+    adapter: str | None
+    summary: dict[str, Any]
+    difference: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalGroup:
+    """The eval outputs of one task, the baseline (before training) first."""
+
+    task: str
+    kind: str
+    rows: list[EvalRow]
+    paired: bool
+    """True when the differences were computed item by item (``compare_evals``)."""
+
+
+@dataclass
+class PairStats:
+    """Numbers about the generated pairs: lengths, finish reasons, diversity, PMI."""
+
+    pairs: int
+    chosen_tokens: list[int]
+    rejected_tokens: list[int]
+    finish_reasons: dict[str, dict[str, int]]
+    self_bleu: dict[str, float | None]
+    distinct_2: dict[str, float | None]
+    pmi: list[float] = field(default_factory=list)
+    ref_margin: list[float] = field(default_factory=list)
+    """Reference log-prob of chosen minus rejected, per scored pair."""
+
+
+@dataclass
+class RunData:
+    """Everything the report shows about one run directory (one round)."""
+
+    root: Path
+    label: str
+    pipeline: dict[str, Any] | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    stages: list[StageRow] = field(default_factory=list)
+    header: dict[str, str] = field(default_factory=dict)
+    export: dict[str, Any] | None = None
+    training: TrainingData | None = None
+    evals: list[EvalGroup] = field(default_factory=list)
+    judging: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    pairs: PairStats | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    rounds: list[RunData] = field(default_factory=list)
+
+    def first(self, stage: str) -> Artifact | None:
+        """The first artifact of ``stage`` in pipeline order, or None."""
+        return next((a for a in self.artifacts if a.stage == stage), None)
+
+    def all(self, stage: str) -> list[Artifact]:
+        return [a for a in self.artifacts if a.stage == stage]
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing the report could show was found (this round and later ones)."""
+        own = self.artifacts or self.training or self.pipeline or self.stages
+        return not own and all(r.is_empty for r in self.rounds)
+
+
+# --------------------------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, problems: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        problems.append(f"{path.name}: not readable JSON ({error})")
+        return None
+
+
+def _data_file(manifest_file: Path) -> Path | None:
+    """``X.manifest.json`` describes ``X.parquet`` (``artifacts.store.manifest_path``)."""
+    if not manifest_file.name.endswith(".manifest.json"):
+        return None
+    data = manifest_file.with_name(manifest_file.name[: -len(".manifest.json")] + ".parquet")
+    return data if data.is_file() else None
+
+
+def _stage_rank(artifact: Artifact) -> tuple[int, str, str]:
+    rank = STAGE_ORDER.index(artifact.stage) if artifact.stage in STAGE_ORDER else len(STAGE_ORDER)
+    return rank, artifact.started_at, str(artifact.manifest_file)
+
+
+def _content_folders(root: Path) -> list[Path]:
+    """The run folder and its direct sub-folders, except rounds, journals and hidden ones."""
+    folders = [root]
+    for child in sorted(root.iterdir()):
+        if not child.is_dir() or child.name.startswith(".") or child.name.endswith(".parts"):
+            continue
+        if _ROUND_FOLDER.match(child.name):
+            continue
+        folders.append(child)
+    return folders
+
+
+def find_artifacts(root: Path, problems: list[str]) -> list[Artifact]:
+    """Every manifest with a ``stage`` field, in the run folder and one level below."""
+    found = []
+    for folder in _content_folders(root):
+        for manifest_file in sorted(folder.glob("*manifest.json")):
+            manifest = _read_json(manifest_file, problems)
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("stage"), str):
+                continue  # not a stage manifest (or already reported as unreadable)
+            manifest = redact(manifest)
+            found.append(
+                Artifact(manifest["stage"], manifest_file, manifest, _data_file(manifest_file))
+            )
+    return sorted(found, key=_stage_rank)
+
+
+def find_unfinished(root: Path) -> list[StageRow]:
+    """Parquet files without a manifest and journals of stages stopped part-way."""
+    rows = []
+    for folder in _content_folders(root):
+        for data in sorted(folder.glob("*.parquet")):
+            if not data.with_name(data.stem + ".manifest.json").is_file():
+                rows.append(StageRow(data.stem, "?", "incomplete", _relative(data, root)))
+        for parts in sorted(folder.glob("*.parts")):
+            saved = _journal_rows(parts)
+            note = f"about {saved} rows saved; rerun the same command to resume"
+            output = parts.with_name(parts.name[: -len(".parts")])
+            rows.append(
+                StageRow(output.stem, "?", "interrupted", _relative(output, root), note=note)
+            )
+    return rows
+
+
+def _journal_rows(parts: Path) -> int:
+    total = 0
+    for part in parts.glob("part-*.parquet"):
+        try:
+            total += pl.scan_parquet(part).select(pl.len()).collect().item()
+        except Exception:  # a torn part is skipped by the stage too
+            continue
+    return total
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Pipeline table
+# --------------------------------------------------------------------------------------------
+
+
+def _read_state(root: Path, problems: list[str]) -> list[dict[str, Any]]:
+    path = root / "state.json"
+    if not path.is_file():
+        return []
+    state = _read_json(path, problems)
+    stages = state.get("stages") if isinstance(state, dict) else None
+    if not isinstance(stages, list):
+        if state is not None:
+            problems.append("state.json: expected an object with a 'stages' list")
+        return []
+    return [redact(entry) for entry in stages if isinstance(entry, dict)]
+
+
+def _same_file(recorded: Any, candidate: Path | None, root: Path) -> bool:
+    """A path recorded in a manifest or state entry names ``candidate``.
+
+    Recorded paths may be relative to the run folder or absolute on another machine, so an
+    equal file name (with an equal parent folder name, when there is one) also counts.
+    """
+    if not recorded or candidate is None:
+        return False
+    recorded = Path(str(recorded))
+    resolved = recorded if recorded.is_absolute() else root / recorded
+    try:
+        if resolved.resolve() == candidate.resolve():
+            return True
+    except OSError:
+        pass
+    if recorded.name != candidate.name:
+        return False
+    parent = recorded.parent.name
+    return not parent or parent == candidate.parent.name or candidate.parent == root
+
+
+def _output_of(artifact: Artifact) -> Path:
+    """The path a stage was told to write: the Parquet file, or the training folder."""
+    if artifact.data_file is not None:
+        return artifact.data_file
+    if artifact.manifest_file.name == TRAIN_MANIFEST_FILE:
+        return artifact.manifest_file.parent
+    return artifact.manifest_file
+
+
+def _rows_in(artifact: Artifact, artifacts: list[Artifact], root: Path) -> int | None:
+    """Rows of the stage's first input that is an artifact of this run."""
+    for entry in artifact.manifest.get("inputs") or []:
+        for other in artifacts:
+            if other is not artifact and _same_file(entry.get("path"), other.data_file, root):
+                return other.rows
+    return None
+
+
+def _note(artifact: Artifact) -> str:
+    """A short remark for the pipeline table: what the stage's stats say at a glance."""
+    stats = artifact.stats
+    if artifact.stage == "generate":
+        notes = []
+        if stats.get("failed"):
+            notes.append(f"{len(stats['failed'])} failed")
+        if stats.get("tokens_per_second_this_run"):
+            notes.append(f"{stats['tokens_per_second_this_run']:.1f} tokens/s")
+        return ", ".join(notes)
+    if artifact.stage == "export":
+        kept, total = stats.get("output_pairs"), stats.get("input_pairs")
+        if isinstance(kept, int) and isinstance(total, int) and total:
+            return f"kept {kept} of {total} pairs ({100 * kept / total:.0f}%)"
+    if artifact.stage == "score" and stats.get("pmi_chosen_mean") is not None:
+        return f"mean PMI {stats['pmi_chosen_mean']:.3f}"
+    if artifact.stage == "train":
+        steps = stats.get("global_step")
+        pairs = artifact.manifest.get("pairs")
+        loss = (artifact.manifest.get("loss") or {}).get("loss")
+        return f"{loss or '?'}: {steps} steps on {pairs} pairs"
+    if artifact.stage == "eval":
+        return str(stats.get("task") or "")
+    if artifact.stage == "judge":
+        return f"{stats.get('mode', '')} judge, {stats.get('responses', '?')} responses"
+    return ""
+
+
+def build_stage_rows(
+    artifacts: list[Artifact], state: list[dict[str, Any]], unfinished: list[StageRow], root: Path
+) -> list[StageRow]:
+    """The pipeline table: ``state.json``'s order first, then the remaining artifacts."""
+    rows: list[StageRow] = []
+    placed: set[int] = set()
+    for entry in state:
+        match = next(
+            (
+                a
+                for a in artifacts
+                if id(a) not in placed and _same_file(entry.get("output"), _output_of(a), root)
+            ),
+            None,
+        )
+        row = StageRow(
+            name=str(entry.get("name") or entry.get("stage") or "?"),
+            stage=str(entry.get("stage") or (match.stage if match else "?")),
+            status=str(entry.get("status") or ("done" if match else "not run")),
+            output=str(entry.get("output") or ""),
+            seconds=_number(entry.get("seconds")),
+        )
+        if match is not None:
+            placed.add(id(match))
+            _fill_from_artifact(row, match, artifacts, root)
+        rows.append(row)
+    for artifact in artifacts:
+        if id(artifact) in placed:
+            continue
+        output = _relative(_output_of(artifact), root)
+        row = StageRow(name=Path(output).stem, stage=artifact.stage, status="done", output=output)
+        _fill_from_artifact(row, artifact, artifacts, root)
+        rows.append(row)
+    known = {row.output for row in rows}
+    rows.extend(row for row in unfinished if row.output not in known)
+    return rows
+
+
+def _fill_from_artifact(
+    row: StageRow, artifact: Artifact, artifacts: list[Artifact], root: Path
+) -> None:
+    row.rows_in = _rows_in(artifact, artifacts, root)
+    if artifact.stage == "train":
+        row.rows_in = row.rows_in or _int(artifact.manifest.get("pairs"))
+    else:
+        row.rows_out = artifact.rows
+    if row.seconds is None:
+        row.seconds = artifact.seconds
+    row.note = _note(artifact)
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a JSON value; metrics files write NaN and inf as strings."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def read_metrics_records(path: Path) -> list[dict[str, float]]:
+    """Numeric fields of each ``metrics.jsonl`` line; a torn last line is ignored.
+
+    NaN and inf (written as strings, ``training.metrics``) become floats, so a diverged run
+    shows as gaps in its curves instead of breaking the report.
+    """
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a run killed mid-write leaves at most one partial last line
+        if not isinstance(raw, dict):
+            continue
+        record = {}
+        for key, value in raw.items():
+            number = _number(value)
+            if number is not None:
+                record[str(key)] = number
+        records.append(record)
+    return records
+
+
+def find_training(
+    root: Path, artifacts: list[Artifact], problems: list[str]
+) -> TrainingData | None:
+    """The first training folder: one with ``metrics.jsonl`` or a finished train manifest."""
+    manifests = {a.manifest_file.parent: a.manifest for a in artifacts if a.stage == "train"}
+    folders = [f for f in _content_folders(root) if (f / METRICS_FILE).is_file()]
+    folders += [f for f in manifests if f not in folders]
+    if not folders:
+        return None
+    if len(folders) > 1:
+        names = ", ".join(_relative(f, root) or "." for f in folders[1:])
+        problems.append(f"several training folders; showing the first (also: {names})")
+    folder = folders[0]
+    metrics = folder / METRICS_FILE
+    records = read_metrics_records(metrics) if metrics.is_file() else []
+    return TrainingData(_relative(folder, root) or ".", records, manifests.get(folder))
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation and judging
+# --------------------------------------------------------------------------------------------
+
+
+def _eval_label(artifact: Artifact) -> str:
+    stem = artifact.data_file.stem if artifact.data_file else artifact.manifest_file.stem
+    stem = stem.removesuffix(".manifest")
+    return stem.removeprefix("eval_").removeprefix("eval-") or stem
+
+
+def _baseline_first(artifact: Artifact) -> tuple[int, str]:
+    """Untrained models first (a label naming the base, or no adapter and no training)."""
+    label = _eval_label(artifact).lower()
+    looks_base = bool(re.search(r"base|before|pre|ref", label))
+    return (0 if looks_base else 1, artifact.started_at)
+
+
+def _summary_of(artifact: Artifact, problems: list[str]) -> dict[str, Any]:
+    summary_file = (
+        artifact.data_file.with_name(artifact.data_file.stem + ".summary.json")
+        if artifact.data_file
+        else None
+    )
+    if summary_file is not None and summary_file.is_file():
+        summary = _read_json(summary_file, problems)
+        if isinstance(summary, dict):
+            return redact(summary)
+    return artifact.stats
+
+
+def build_eval_groups(artifacts: list[Artifact], problems: list[str]) -> list[EvalGroup]:
+    """Eval outputs grouped by task; paired differences to the baseline where possible."""
+    by_task: dict[str, list[Artifact]] = {}
+    for artifact in artifacts:
+        if artifact.stage == "eval":
+            task = str(_summary_of(artifact, problems).get("task") or "unknown")
+            by_task.setdefault(task, []).append(artifact)
+    groups = []
+    for task, members in by_task.items():
+        members.sort(key=_baseline_first)
+        rows = [
+            EvalRow(
+                label=_eval_label(a),
+                model=str((a.manifest.get("config") or {}).get("model") or "default"),
+                adapter=(a.manifest.get("config") or {}).get("adapter"),
+                summary=_summary_of(a, problems),
+            )
+            for a in members
+        ]
+        paired = len(members) > 1 and _add_paired_differences(rows, members, problems)
+        kind = str(rows[0].summary.get("kind") or "")
+        groups.append(EvalGroup(task, kind, rows, paired))
+    return groups
+
+
+def _add_paired_differences(
+    rows: list[EvalRow], members: list[Artifact], problems: list[str]
+) -> bool:
+    """Per-item differences to the first output (``mipo eval --compare``'s numbers)."""
+    from mipo_engine.evaluation.compare import compare_evals
+
+    if any(a.data_file is None for a in members):
+        return False
+    try:
+        entries = compare_evals([a.data_file for a in members])  # type: ignore[misc]
+    except (MipoError, ValueError) as error:
+        problems.append(f"eval comparison for {rows[0].summary.get('task')}: {error}")
+        return False
+    for row, entry in zip(rows, entries, strict=True):
+        row.difference = redact(entry["difference_to_first"])
+    return True
+
+
+def build_judging(artifacts: list[Artifact]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (_relative(_output_of(a), a.manifest_file.parent), a.stats)
+        for a in artifacts
+        if a.stage == "judge"
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs: statistics and samples
+# --------------------------------------------------------------------------------------------
+
+
+def _read_frame(artifact: Artifact | None, schema: ArtifactSchema, problems: list[str]) -> Any:
+    """The validated frame of an artifact, or None (with a problem line) if unreadable."""
+    if artifact is None or artifact.data_file is None:
+        return None
+    try:
+        return read_artifact(artifact.data_file, schema)
+    except MipoError as error:
+        problems.append(str(error))
+        return None
+
+
+def _subsample(texts: list[str], limit: int, seed: int) -> list[str]:
+    if len(texts) <= limit:
+        return texts
+    return random.Random(seed).sample(texts, limit)
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float | None:
+    """Distinct-n: unique n-grams over all n-grams of a set of texts (Li et al. 2016).
+
+    Tokenised like self-BLEU (``evaluation.diversity.tokenize``); None without any n-gram.
+    """
+    from mipo_engine.evaluation.diversity import tokenize
+
+    total, unique = 0, set()
+    for text in texts:
+        tokens = tokenize(text)
+        grams = list(zip(*(tokens[shift:] for shift in range(n)), strict=False))
+        total += len(grams)
+        unique.update(grams)
+    return len(unique) / total if total else None
+
+
+def _finish_reasons(column: pl.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in column.value_counts(sort=True).iter_rows()}
+
+
+def build_pair_stats(generations: Any, scores: Any, seed: int) -> PairStats:
+    """Lengths, finish reasons, diversity (self-BLEU-4, distinct-2) and reference PMI."""
+    from mipo_engine.evaluation.diversity import self_bleu
+
+    bleu, distinct = {}, {}
+    for side in ("chosen", "rejected"):
+        texts = _subsample(generations[side].to_list(), MAX_DIVERSITY_TEXTS, seed)
+        bleu[side] = self_bleu(texts, 4) if len(texts) >= 2 else None
+        distinct[side] = distinct_n(texts, 2)
+    stats = PairStats(
+        pairs=generations.height,
+        chosen_tokens=generations["chosen_tokens"].to_list(),
+        rejected_tokens=generations["rejected_tokens"].to_list(),
+        finish_reasons={
+            side: _finish_reasons(generations[f"{side}_finish_reason"])
+            for side in ("chosen", "rejected")
+        },
+        self_bleu=bleu,
+        distinct_2=distinct,
+    )
+    if scores is not None:
+        stats.pmi = [v for v in scores["pmi_chosen"].to_list() if _finite(v)]
+        margins = (scores["ref_chosen_logps"] - scores["ref_rejected_logps"]).to_list()
+        stats.ref_margin = [v for v in margins if _finite(v)]
+    return stats
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _clip(text: Any) -> str:
+    """Redacted text, cut at ``SAMPLE_TEXT_LIMIT`` with a note of how much was left out."""
+    text = redact("" if text is None else str(text))
+    if len(text) <= SAMPLE_TEXT_LIMIT:
+        return text
+    hidden = len(text) - SAMPLE_TEXT_LIMIT
+    return f"{text[:SAMPLE_TEXT_LIMIT]}… [{hidden} more characters]"
+
+
+def pick_samples(
+    generations: Any,
+    *,
+    scores: Any = None,
+    kept_ids: set[str] | None = None,
+    judge_scores: dict[tuple[str, str], float] | None = None,
+    count: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """``count`` pairs drawn with ``seed`` (in file order), with everything known about them."""
+    if count <= 0 or generations.height == 0:
+        return []
+    chosen_rows = sorted(
+        random.Random(seed).sample(range(generations.height), min(count, generations.height))
+    )
+    score_by_id = {}
+    if scores is not None:
+        score_by_id = {row["id"]: row for row in scores.to_dicts()}
+    samples = []
+    for index in chosen_rows:
+        row = generations.row(index, named=True)
+        score = score_by_id.get(row["id"], {})
+        sample = {
+            "id": redact(str(row["id"])),
+            "prompt": _clip(row["prompt"]),
+            "context": _clip(row["context"]) if row["context"] else "",
+            "strategy": redact(str(row["strategy"])),
+            "chosen": _clip(row["chosen"]),
+            "rejected": _clip(row["rejected"]),
+            "chosen_finish_reason": redact(str(row["chosen_finish_reason"])),
+            "rejected_finish_reason": redact(str(row["rejected_finish_reason"])),
+            "chosen_tokens": row["chosen_tokens"],
+            "rejected_tokens": row["rejected_tokens"],
+            "pmi": score.get("pmi_chosen"),
+            "ref_chosen_logps": score.get("ref_chosen_logps"),
+            "ref_rejected_logps": score.get("ref_rejected_logps"),
+            "kept": None if kept_ids is None else row["id"] in kept_ids,
+        }
+        if judge_scores is not None:
+            sample["judge_chosen"] = judge_scores.get((row["id"], "chosen"))
+            sample["judge_rejected"] = judge_scores.get((row["id"], "rejected"))
+        samples.append(sample)
+    return samples
+
+
+def _kept_ids(artifact: Artifact | None, problems: list[str]) -> set[str] | None:
+    if artifact is None or artifact.data_file is None:
+        return None
+    try:
+        return set(pl.read_parquet(artifact.data_file, columns=["id"])["id"].to_list())
+    except Exception as error:  # polars raises several types for corrupt or foreign files
+        problems.append(f"{artifact.data_file.name}: cannot read ids ({error})")
+        return None
+
+
+def _judge_scores(artifacts: list[Artifact], problems: list[str]) -> dict[tuple[str, str], float]:
+    """Aggregated judge score per (pair id, role), from judgments of the generations."""
+    from mipo_engine.stages.judge import JUDGMENTS, aggregate_judgments
+
+    found: dict[tuple[str, str], float] = {}
+    for artifact in artifacts:
+        if artifact.stage != "judge":
+            continue
+        frame = _read_frame(artifact, JUDGMENTS, problems)
+        if frame is None:
+            continue
+        for row in aggregate_judgments(frame).iter_rows(named=True):
+            if row["role"] in ("chosen", "rejected") and row["score"] is not None:
+                found[(row["id"], row["role"])] = row["score"]
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Header and what is absent
+# --------------------------------------------------------------------------------------------
+
+
+def _read_pipeline(root: Path, problems: list[str]) -> dict[str, Any] | None:
+    """``pipeline.yaml``, parsed and redacted (a secret may sit under any key)."""
+    path = root / "pipeline.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        problems.append(f"pipeline.yaml: not readable YAML ({str(error).splitlines()[0]})")
+        return None
+    if not isinstance(loaded, dict):
+        problems.append("pipeline.yaml: expected a mapping at the top level")
+        return None
+    return redact(loaded)
+
+
+def build_header(run: RunData) -> dict[str, str]:
+    """Run name, model, strategy, backend and loss, from whichever artifacts hold them."""
+    generate, train = run.first("generate"), run.first("train")
+    pipeline = run.pipeline or {}
+    header: dict[str, str] = {"run": str(pipeline.get("name") or run.label)}
+    model = (generate and generate.manifest.get("model")) or (train and train.manifest.get("model"))
+    model = model or pipeline.get("model")
+    if model:
+        header["model"] = str(model)
+    if generate is not None:
+        config = generate.manifest.get("config") or {}
+        for key in ("strategy", "backend"):
+            if config.get(key):
+                header[key] = str(config[key])
+    if run.training is not None and run.training.loss:
+        loss = run.training.loss
+        text = str(loss.get("loss"))
+        extras = [f"{k}={loss[k]:g}" for k in ("beta", "gamma", "eta") if _finite(loss.get(k))]
+        if loss.get("prior"):
+            extras.append(f"prior={loss['prior']}")
+        if extras:
+            text += f" ({', '.join(extras)})"
+        header["loss"] = text
+    versions = {a.manifest.get("package_version") for a in run.artifacts} - {None}
+    if versions:
+        header["mipo-engine"] = ", ".join(sorted(str(v) for v in versions))
+    return {key: redact(value) for key, value in header.items()}
+
+
+def list_absent(run: RunData) -> list[str]:
+    """One line per expected piece the run does not have, saying which command makes it."""
+    absent = []
+    wanted = [
+        ("ingest", "prompts (mipo ingest)"),
+        ("generate", "generated pairs (mipo generate)"),
+        ("score", "reference scores and PMI (mipo score)"),
+        ("export", "exported preferences and filter counts (mipo export)"),
+    ]
+    for stage, text in wanted:
+        if run.first(stage) is None:
+            absent.append(text)
+    if run.training is None:
+        absent.append("training curves (mipo train)")
+    if not run.evals:
+        absent.append("evaluation results (mipo eval)")
+    if not run.judging:
+        absent.append("judge scores (mipo judge)")
+    return absent
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _round_folders(root: Path) -> list[Path]:
+    found = [
+        (int(match.group(1)), child)
+        for child in root.iterdir()
+        if child.is_dir() and (match := _ROUND_FOLDER.match(child.name))
+    ]
+    return [child for _, child in sorted(found)]
+
+
+def collect_run(
+    root: str | Path,
+    *,
+    samples: int = 5,
+    seed: int = 0,
+    label: str | None = None,
+    with_rounds: bool = True,
+) -> RunData:
+    """Read ``root`` (a run directory) into a ``RunData``; ``round-N/`` folders as rounds."""
+    root = Path(root)
+    run = RunData(root=root, label=label or root.resolve().name)
+    run.pipeline = _read_pipeline(root, run.problems)
+    run.artifacts = find_artifacts(root, run.problems)
+    state = _read_state(root, run.problems)
+    run.stages = build_stage_rows(run.artifacts, state, find_unfinished(root), root)
+    export = run.first("export")
+    run.export = export.stats if export is not None else None
+    run.training = find_training(root, run.artifacts, run.problems)
+    run.evals = build_eval_groups(run.artifacts, run.problems)
+    run.judging = build_judging(run.artifacts)
+    generations = _read_frame(run.first("generate"), GENERATIONS, run.problems)
+    scores = _read_frame(run.first("score"), SCORES, run.problems)
+    if generations is not None:
+        run.pairs = build_pair_stats(generations, scores, seed)
+        run.samples = pick_samples(
+            generations,
+            scores=scores,
+            kept_ids=_kept_ids(export, run.problems),
+            judge_scores=_judge_scores(run.artifacts, run.problems) if run.judging else None,
+            count=samples,
+            seed=seed,
+        )
+    run.header = build_header(run)
+    run.absent = list_absent(run)
+    if with_rounds:
+        for folder in _round_folders(root):
+            run.rounds.append(
+                collect_run(
+                    folder, samples=samples, seed=seed, label=folder.name, with_rounds=False
+                )
+            )
+    return run

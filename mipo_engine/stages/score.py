@@ -1,0 +1,207 @@
+"""``mipo score``: pairs -> reference log-probs and pointwise mutual information (``scores``).
+
+For every pair both responses are scored under the *training* prompt (``chosen_input`` of a
+generations row, ``prompt`` of a preferences row; DESIGN.md section 3), with ``encode_pair``,
+the tokenisation ``mipo train`` uses, so the trainer's step-0 log-ratios are exactly 0.
+
+``pmi_chosen`` measures how much the conditioning that separates chosen from rejected
+explains the chosen response, under the reference model:
+
+- personalization strategies (``missing-context``, ``random-context``, ``prompt``):
+  log pi_ref(y_c | x, c) - log pi_ref(y_c | x), the second term scored under the request
+  rendered WITHOUT the user context (seed 004 sec. 4: the MI between context and response);
+- ``random-prompt``: log pi_ref(y_c | x) - log pi_ref(y_c | x'), x' = the rejected sample's
+  conditioning ``rejected_input``.
+
+It is null where it is undefined: a personalization row without a context, or a
+``preferences`` input (which does not record the alternative conditioning).
+
+Rows are scored in chunks; each finished chunk is a journal part, so a killed run resumes at
+the first unfinished chunk and ends with exactly the rows of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from mipo_engine.artifacts.schemas import SCORES
+from mipo_engine.backends.base import Backend, create_backend
+from mipo_engine.chat import Message, build_messages
+from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
+from mipo_engine.training.data import read_pairs
+
+console = Console(stderr=True)
+
+PERSONALIZATION_STRATEGIES = ("missing-context", "random-context", "prompt")
+PROMPT_STRATEGIES = ("random-prompt",)
+
+
+class ScoreConfig(StageConfig):
+    """Settings of ``mipo score``."""
+
+    generations: Path
+    """A ``generations`` artifact (or a ``preferences`` artifact)."""
+    out: Path
+    model: str | None = None
+    """The reference model; None: the default Gemma 3 270M."""
+    backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int = Field(8, ge=1, description="sequences per forward batch (hf)")
+    max_length: int = Field(1024, ge=8, description="tokens per prompt + response")
+    pmi: bool = True
+    """Also score the chosen response under the alternative conditioning (pmi_chosen)."""
+    chunk_rows: int = Field(64, ge=1, description="pairs per saved chunk (resume unit)")
+    adapter: str | None = None
+    """A LoRA adapter folder to score with (hf), e.g. a previous round's policy."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Weights dtype (hf): auto = bf16 on GPU, fp32 on CPU, like ``mipo train``."""
+
+    def identity(self) -> dict[str, object]:
+        """Settings that change the output (batching does not)."""
+        return self.model_dump(mode="json", exclude={"batch_size", "chunk_rows", "out"})
+
+
+def alternative_prompt(row: dict[str, Any], render: Callable[[list[Message]], str]) -> str | None:
+    """The conditioning of pmi_chosen's second term, or None where PMI is undefined."""
+    strategy = row.get("strategy")
+    if strategy in PERSONALIZATION_STRATEGIES:
+        context, request = row.get("context"), row.get("user_prompt")
+        if not context or not str(context).strip() or request is None:
+            return None
+        return render(build_messages(request))
+    if strategy in PROMPT_STRATEGIES:
+        return row.get("rejected_input")
+    return None
+
+
+def _backend_options(config: ScoreConfig) -> dict[str, object]:
+    if config.backend == "hf":
+        return {"batch_size": config.batch_size, "adapter": config.adapter, "dtype": config.dtype}
+    return {}
+
+
+def _score(
+    backend: Backend, prompts: list[str], responses: list[str], max_length: int
+) -> list[Any]:
+    """``backend.score`` with the shared truncation rule when the backend supports it."""
+    if "max_length" in inspect.signature(backend.score).parameters:
+        return backend.score(prompts, responses, max_length=max_length)  # type: ignore[call-arg]
+    return backend.score(prompts, responses)
+
+
+def score_rows(
+    backend: Backend, rows: list[dict[str, Any]], *, max_length: int, pmi: bool
+) -> pl.DataFrame:
+    """Score one chunk of pair rows; one backend call covers all its sequences."""
+    prompts, responses = [], []
+    for row in rows:
+        prompts += [row["prompt"], row["prompt"]]
+        responses += [row["chosen"], row["rejected"]]
+    alternatives = [alternative_prompt(row, backend.render) if pmi else None for row in rows]
+    with_pmi = [i for i, alt in enumerate(alternatives) if alt is not None]
+    for index in with_pmi:
+        prompts.append(alternatives[index])  # type: ignore[arg-type]
+        responses.append(rows[index]["chosen"])
+    results = _score(backend, prompts, responses, max_length)
+    pmi_values: list[float | None] = [None] * len(rows)
+    for offset, index in enumerate(with_pmi):
+        pmi_values[index] = results[2 * index].logp - results[2 * len(rows) + offset].logp
+    return pl.DataFrame(
+        {
+            "id": [row["id"] for row in rows],
+            "ref_chosen_logps": [results[2 * i].logp for i in range(len(rows))],
+            "ref_rejected_logps": [results[2 * i + 1].logp for i in range(len(rows))],
+            "chosen_tokens": [results[2 * i].num_tokens for i in range(len(rows))],
+            "rejected_tokens": [results[2 * i + 1].num_tokens for i in range(len(rows))],
+            "pmi_chosen": pmi_values,
+        },
+        schema=SCORES.polars_schema(),
+    )
+
+
+def _in_input_order(finished: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
+    order = {pair_id: index for index, pair_id in enumerate(ids)}
+    return (
+        finished.filter(pl.col("id").is_in(ids))
+        .with_columns(pl.col("id").replace_strict(order, return_dtype=pl.Int64).alias("_order"))
+        .sort("_order")
+        .drop("_order")
+    )
+
+
+def _stats(frame: pl.DataFrame, tokens: int, seconds: float) -> dict[str, Any]:
+    pmi = frame["pmi_chosen"].drop_nulls()
+    return {
+        "pairs": frame.height,
+        "scored_tokens_this_run": tokens,
+        "seconds_this_run": round(seconds, 3),
+        "tokens_per_second_this_run": round(tokens / seconds, 2) if seconds > 0 else None,
+        "pmi_rows": pmi.len(),
+        "pmi_chosen_mean": float(pmi.mean()) if pmi.len() else None,  # type: ignore[arg-type]
+        "pmi_chosen_positive_fraction": float((pmi > 0).mean()) if pmi.len() else None,  # type: ignore[arg-type]
+    }
+
+
+def run_score(config: ScoreConfig, *, backend: Backend | None = None) -> Path:
+    """Score the pairs of ``config.generations`` into ``config.out``; return the output path."""
+    output = check_output_path(config.out, config.generations)
+    holder: dict[str, Backend] = {}
+
+    def get_backend() -> Backend:
+        if backend is not None:
+            return backend
+        if "backend" not in holder:
+            holder["backend"] = create_backend(
+                config.backend, config.model, **_backend_options(config)
+            )
+        return holder["backend"]
+
+    pairs = read_pairs(config.generations, render=lambda m: get_backend().render(m))
+    run = StageRun("score", output, config.identity(), {"generations": config.generations})
+    journal = run.journal()
+    done = journal.done_ids()
+    todo = [row for row in pairs.iter_rows(named=True) if row["id"] not in done]
+    if done:
+        console.print(f"Resuming: {len(done)} of {pairs.height} pairs already scored.")
+    tokens, started = 0, time.perf_counter()
+    try:
+        if todo:
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            ) as progress:
+                task = progress.add_task("pairs", total=pairs.height, completed=len(done))
+                for start in range(0, len(todo), config.chunk_rows):
+                    chunk = todo[start : start + config.chunk_rows]
+                    frame = score_rows(
+                        get_backend(), chunk, max_length=config.max_length, pmi=config.pmi
+                    )
+                    journal.append(frame)
+                    tokens += int(frame["chosen_tokens"].sum() + frame["rejected_tokens"].sum())
+                    progress.advance(task, len(chunk))
+    finally:
+        if "backend" in holder:
+            holder["backend"].close()
+    finished = journal.load()
+    finished = SCORES.empty() if finished is None else finished
+    finished = _in_input_order(finished, pairs["id"].to_list())
+    path = run.write(
+        finished,
+        SCORES,
+        model=config.model or "default",
+        backend=config.backend,
+        stats=_stats(finished, tokens, time.perf_counter() - started),
+    )
+    journal.finish()
+    return path
