@@ -17,6 +17,7 @@ from mipo_engine.commands import generate, ingest
 from mipo_engine.commands import judge as judge_command
 from mipo_engine.commands import lab as lab_command
 from mipo_engine.commands import publish as publish_command
+from mipo_engine.commands import report as report_command
 from mipo_engine.commands import rubrics as rubrics_command
 from mipo_engine.commands import run as run_command
 from mipo_engine.commands import score as score_command
@@ -42,6 +43,7 @@ app.command("export")(export_command.command)
 app.command("publish")(publish_command.command)
 app.add_typer(lab_command.app, name="lab")
 app.command("run")(run_command.command)
+app.command("report")(report_command.command)
 
 
 @app.command("version")

@@ -486,8 +486,7 @@ def test_export_costs_about_as_much_as_reading_and_writing_its_data(tmp_path):
     """Export is column expressions only: on 20,000 synthetic pairs, with every cheap filter
     and the normalised near-duplicate filter on, it takes a small multiple of one write plus
     one read of the generations artifact, timed on the same machine at the same moment (so
-    the check holds on a busy machine; a per-row Python loop would be far slower). Measured
-    figures for 100,000 pairs are in the README of this stage's benchmark."""
+    the check holds on a busy machine; a per-row Python loop would be far slower)."""
     frame = synthetic_generations(20_000)
     generations = tmp_path / "g.parquet"
     started = time.perf_counter()

@@ -50,7 +50,17 @@ CHOSEN = "Paris is the capital of France."
 REJECTED = "bad no bad no bad no bad"
 
 
-def _load(model_dir: Path):  # noqa: ANN202 - transformers types
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model's matmuls are microseconds: with a second thread, synchronisation costs
+    dominate (30x slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _load(model_dir: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -107,7 +117,7 @@ def _train(output_dir: Path, preferences: Path, model: Path, **options: object) 
 # --------------------------------------------------------------------------------------------
 
 
-def _batch(tokenizer, texts: list[tuple[str, str]]):  # noqa: ANN001, ANN202
+def _batch(tokenizer, texts: list[tuple[str, str]]):
     from mipo_engine.training.data import pad_sequences
 
     sequences = []
@@ -228,7 +238,7 @@ def test_collator_stacks_chosen_rows_then_rejected_rows() -> None:
     assert batch["index"].tolist() == [0, 1]
 
 
-def encode_examples_by_hand():  # noqa: ANN201
+def encode_examples_by_hand():
     from mipo_engine.training.data import PairExample
 
     return [

@@ -13,7 +13,10 @@ from mipo_engine.commands.shared import call_stage, done
 def command(
     run_dir: Annotated[
         Path,
-        typer.Argument(help="Run directory: the folder of mipo run, or where the stages wrote."),
+        typer.Argument(
+            metavar="RUN_DIR",
+            help="Run directory: the folder of mipo run, or where the stages wrote.",
+        ),
     ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Report folder (index.html and PNG figures).")

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from mipo_engine.lab.toy_mio import (
     LabConfigError,
-    check_methods,
+    check_names,
     check_steps,
     save_figure,
     single_thread,
@@ -269,29 +269,30 @@ _BLOCK_LOSSES: Mapping[str, BlockLoss] = {
 
 @dataclass(frozen=True)
 class ModelGroup:
-    """The rows [start, start + len(settings)) of the logit matrix trained with ``method``."""
+    """The rows [start, start + len(grid)) of the logit matrix: ``method`` with each setting of
+    ``grid``."""
 
     method: str
     start: int
-    settings: tuple[dict[str, float], ...]
+    grid: tuple[dict[str, float], ...]
 
     @property
     def rows(self) -> slice:
-        return slice(self.start, self.start + len(self.settings))
+        return slice(self.start, self.start + len(self.grid))
 
     def hyper_tensors(self) -> dict[str, Tensor]:
         """Each hyper-parameter as a column [n, 1], broadcasting over the batch."""
-        names = self.settings[0].keys()
-        return {k: torch.tensor([[s[k]] for s in self.settings]) for k in names}
+        names = self.grid[0].keys()
+        return {k: torch.tensor([[s[k]] for s in self.grid]) for k in names}
 
 
 def _model_groups(methods: Sequence[str], search: bool) -> list[ModelGroup]:
     groups, start = [], 0
     for method in methods:
         grid = HYPERPARAMETER_GRIDS[method]
-        settings = grid if search else grid[:1]
-        groups.append(ModelGroup(method=method, start=start, settings=settings))
-        start += len(settings)
+        tried = grid if search else grid[:1]
+        groups.append(ModelGroup(method=method, start=start, grid=tried))
+        start += len(tried)
     return groups
 
 
@@ -314,6 +315,7 @@ def _clip_rows(grad: Tensor, max_norm: float) -> None:
     grad.mul_((max_norm / (norms + 1e-6)).clamp(max=1.0))
 
 
+@single_thread()
 def _train(
     policies: SyntheticPolicies,
     groups: Sequence[ModelGroup],
@@ -393,8 +395,8 @@ def _summarise(trace: TrainingTrace, groups: Sequence[ModelGroup]) -> dict[str, 
             "js_to_target_start": float(curve[0]),
             "js_to_did": float(trace.js_to_did[-1, row]),
             "js_to_did_start": float(trace.js_to_did[0, row]),
-            "hyperparameters": dict(group.settings[row - group.start]),
-            "settings_tried": len(group.settings),
+            "hyperparameters": dict(group.grid[row - group.start]),
+            "settings_tried": len(group.grid),
         }
     return results
 
@@ -405,7 +407,7 @@ def _write_grid_csv(path: Path, trace: TrainingTrace, groups: Sequence[ModelGrou
         writer = csv.writer(handle)
         writer.writerow(["method", "hyperparameters", "js_to_target_final", "js_to_target_min"])
         for group in groups:
-            for offset, setting in enumerate(group.settings):
+            for offset, setting in enumerate(group.grid):
                 curve = trace.js_to_target[:, group.start + offset]
                 params = " ".join(f"{k}={v:g}" for k, v in setting.items())
                 writer.writerow([group.method, params, f"{curve[-1]:.6g}", f"{curve.min():.6g}"])
@@ -481,12 +483,11 @@ def run_did_synthetic(
     settings = settings or DidSyntheticSettings()
     if steps is not None:
         settings = DidSyntheticSettings(**{**asdict(settings), "steps": check_steps(steps)})
-    methods = check_methods(methods, DID_METHODS)
+    methods = check_names(methods, DID_METHODS, what="methods")
     generator = torch.Generator().manual_seed(seed)
     policies = make_policies(settings.num_classes, settings.tau, generator)
     groups = _model_groups(methods, settings.search_hyperparameters)
-    with single_thread():
-        trace = _train(policies, groups, settings, generator, show_progress)
+    trace = _train(policies, groups, settings, generator, show_progress)
     results = _summarise(trace, groups)
 
     out_dir = Path(out_dir)

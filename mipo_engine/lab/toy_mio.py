@@ -90,24 +90,27 @@ def check_steps(steps: object) -> int:
     return steps
 
 
-def check_methods(methods: Iterable[str], allowed: Sequence[str]) -> tuple[str, ...]:
-    """Return ``methods`` as a tuple if non-empty, known and without repeats."""
-    if isinstance(methods, str):
-        raise LabConfigError(f"methods must be a list of names, not the string {methods!r}")
-    chosen = tuple(methods)
+def check_names(names: Iterable[str], allowed: Sequence[str], *, what: str) -> tuple[str, ...]:
+    """Return ``names`` as a tuple if non-empty, known and without repeats.
+
+    ``what`` names the option in the error message ("methods", "scenarios").
+    """
+    if isinstance(names, str):
+        raise LabConfigError(f"{what} must be a list of names, not the string {names!r}")
+    chosen = tuple(names)
     if not chosen:
-        raise LabConfigError(f"methods is empty; choose from {', '.join(allowed)}")
-    unknown = [m for m in chosen if m not in allowed]
+        raise LabConfigError(f"{what} is empty; choose from {', '.join(allowed)}")
+    unknown = [name for name in chosen if name not in allowed]
     if unknown:
-        raise LabConfigError(f"unknown method(s) {unknown}; choose from {', '.join(allowed)}")
+        raise LabConfigError(f"unknown {what} {unknown}; choose from {', '.join(allowed)}")
     if len(set(chosen)) != len(chosen):
-        raise LabConfigError(f"methods lists a name twice: {list(chosen)}")
+        raise LabConfigError(f"{what} lists a name twice: {list(chosen)}")
     return chosen
 
 
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
-    """Run torch on one CPU thread inside the block, restoring the previous count after.
+    """Run torch on one CPU thread inside the block (or decorated function), then restore.
 
     The lab's models are tiny: with several threads the per-operation synchronisation costs
     more than the arithmetic (several times slower on a busy 2-core machine).
@@ -227,6 +230,7 @@ def scenario_targets(chosen_prob: float, rejected_prob: float) -> Tensor:
     return targets
 
 
+@single_thread()
 def fit_reference(targets: Tensor, settings: ToyMioSettings, seed: int) -> ToyPolicy:
     """The reference policy: an MLP fitted to ``targets`` (4, 10) by cross-entropy."""
     with torch.random.fork_rng(devices=[]):
@@ -291,6 +295,7 @@ class ToyCurves:
         }
 
 
+@single_thread()
 def train_preference(
     reference: ToyPolicy,
     method: str,
@@ -442,14 +447,13 @@ def run_toy_mio(
     settings = settings or ToyMioSettings()
     if steps is not None:
         settings = ToyMioSettings(**{**asdict(settings), "steps": check_steps(steps)})
-    methods = check_methods(methods, TOY_METHODS)
-    scenarios = check_methods(scenarios, tuple(TOY_SCENARIOS))
+    methods = check_names(methods, TOY_METHODS, what="methods")
+    scenarios = check_names(scenarios, tuple(TOY_SCENARIOS), what="scenarios")
 
     references: dict[str, Tensor] = {}
     curves: dict[str, dict[str, ToyCurves]] = {}
     total = len(scenarios) * len(methods) * settings.steps
-    progress = tqdm(total=total, desc="toy-mio", disable=not show_progress)
-    with progress, single_thread():
+    with tqdm(total=total, desc="toy-mio", disable=not show_progress) as progress:
         for scenario in scenarios:
             chosen_level, rejected_level = TOY_SCENARIOS[scenario]
             targets = scenario_targets(settings.level(chosen_level), settings.level(rejected_level))

@@ -20,6 +20,7 @@ mistake is reported with its key path (``stages[2].max_new_token``) before anyth
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,9 @@ def parse_pipeline(raw: Any, *, source: Path | None = None) -> PipelineConfig:
     every_field = set().union(*fields.values())
     for key in defaults:
         if key not in every_field:
-            raise ConfigError("no stage has this setting", key=f"defaults.{key}")
+            close = difflib.get_close_matches(str(key), sorted(every_field), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"no stage has this setting{hint}", key=f"defaults.{key}")
     stages_raw = raw.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError("expected a non-empty list of stages", key="stages")
@@ -116,7 +119,7 @@ def parse_pipeline(raw: Any, *, source: Path | None = None) -> PipelineConfig:
         policy = item.pop("policy", None)
         for option in item:
             if option not in fields[kind]:
-                close = sorted(f for f in fields[kind] if f[:4] == str(option)[:4])
+                close = difflib.get_close_matches(str(option), sorted(fields[kind]), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(
                     f"'{kind}' has no setting {option!r}{hint}", key=f"{key}.{option}"

@@ -235,7 +235,8 @@ def reproduce_commands(preferences: Path, *, repo_id: str | None = None) -> list
     """Commands that rebuild the set: one per stage of the chain, then ``mipo publish``.
 
     Paths of the chain's artifacts are shortened to their file names, so the commands run
-    from one working folder and no local directory names reach a public card.
+    from one working folder and the folders the artifacts happen to sit in stay private
+    (other values, such as a local model path, are shown as recorded).
     """
     chain = manifest_chain(preferences)
     display: dict[str, str] = {}
@@ -385,6 +386,15 @@ def _filters_section(export_stats: dict[str, Any]) -> str:
     return f"{counts}\n\n{table}"
 
 
+def split_rows(frame: pl.DataFrame, hub_folder: HubFolder) -> list[tuple[Any, ...]]:
+    """(split, pairs, distinct prompts, files) for each published split."""
+    prompts = dict(frame.group_by("split").agg(pl.col("prompt_id").n_unique()).iter_rows())
+    return [
+        (split, hub_folder.rows[split], prompts.get(split, 0), ", ".join(files))
+        for split, files in hub_folder.files.items()
+    ]
+
+
 def _load_snippet(repo_id: str, export_format: str) -> str:
     lines = [
         "from datasets import load_dataset",
@@ -432,17 +442,9 @@ def dataset_card(
     header = front_matter(
         pretty_name=name, license=license, export_format=export_format, hub_folder=hub_folder
     )
-    model = (find_step(chain, "generate") or Step(preferences, {})).manifest.get("model")
+    generate = find_step(chain, "generate")
+    model = generate.manifest.get("model") if generate is not None else None
     columns = [(f"`{c}`", COLUMN_DOCS.get(c, "")) for c in frame.columns if c != "split"]
-    split_rows = [
-        (
-            split,
-            hub_folder.rows[split],
-            frame.filter(pl.col("split") == split)["prompt_id"].n_unique(),
-            ", ".join(files),
-        )
-        for split, files in hub_folder.files.items()
-    ]
     return render(
         CARD_TEMPLATE,
         front_matter=yaml.safe_dump(header, sort_keys=False, allow_unicode=True),
@@ -453,7 +455,9 @@ def dataset_card(
         columns_table=markdown_table(("column", "meaning"), columns),
         provenance_table=markdown_table(("setting", "value"), provenance_rows(chain)),
         filters_section=_filters_section(export_stats),
-        splits_table=markdown_table(("split", "pairs", "prompts", "files"), split_rows),
+        splits_table=markdown_table(
+            ("split", "pairs", "prompts", "files"), split_rows(frame, hub_folder)
+        ),
         sample_record=fenced(
             json.dumps(sample_record(frame), indent=2, ensure_ascii=False), "json"
         ),

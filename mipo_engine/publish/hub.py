@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 from rich.console import Console
+from rich.markup import escape
 
 from mipo_engine.artifacts.manifest import looks_like_secret, redact
 from mipo_engine.artifacts.store import atomic_path, is_complete, read_manifest
-from mipo_engine.errors import BackendError, InputError, MipoError
+from mipo_engine.errors import BackendError, InputError
 from mipo_engine.stages.common import StageConfig
 
 console = Console(stderr=True)
@@ -42,10 +43,8 @@ CARD_FILE = "README.md"
 DEFAULT_MAX_SHARD_MB = 500.0  # the default shard bound of Dataset.push_to_hub
 
 
-class SecretInData(MipoError):
+class SecretInData(InputError):
     """A row holds something shaped like an API key or access token."""
-
-    exit_code = 2
 
 
 class PublishConfig(StageConfig):
@@ -269,37 +268,51 @@ def build_folder(config: PublishConfig, frame: pl.DataFrame, folder: Path) -> Hu
     return written
 
 
-def run_publish(config: PublishConfig) -> PublishResult:
-    """Build the Hub folder for ``config.preferences``; upload it unless told not to."""
+def _read_exported(path: Path) -> pl.DataFrame:
+    """The rows of a preferences artifact, refusing files that ``mipo export`` did not write."""
     from mipo_engine.stages.export import read_preferences
 
-    if not is_complete(config.preferences):
+    if not is_complete(path):
         raise InputError(
             "no manifest beside this file: publish a preferences artifact written by mipo export",
-            file=config.preferences,
+            file=path,
         )
-    if read_manifest(config.preferences).get("stage") != "export":
-        raise InputError(
-            "not a preferences artifact (made by mipo export)", file=config.preferences
-        )
-    frame = read_preferences(config.preferences)
-    secret = find_secret(frame)
-    if secret is not None:
-        row, column = secret
-        where = f"{config.preferences}, row {row}, field '{column}'"
-        if config.uploads and not config.force:
-            raise SecretInData(
-                f"{where}: text looks like an API key or access token; remove it, or pass "
-                "--force to publish anyway"
-            )
-        console.print(f"[yellow]warning:[/] {where}: text looks like an API key or access token")
+    if read_manifest(path).get("stage") != "export":
+        raise InputError("not a preferences artifact (made by mipo export)", file=path)
+    return read_preferences(path)
+
+
+def _check_secrets(config: PublishConfig, frame: pl.DataFrame) -> None:
+    """Refuse to upload secret-looking text (a warning only for a local folder or --force)."""
+    found = find_secret(frame)
+    if found is None:
+        return
+    row, column = found
+    problem = SecretInData(
+        "text looks like an API key or access token; remove it, or pass --force to publish anyway",
+        file=config.preferences,
+        row=row,
+        field=column,
+    )
+    if config.uploads and not config.force:
+        raise problem
+    console.print(f"[yellow]warning:[/] {escape(str(problem))}", highlight=False)
+
+
+def run_publish(config: PublishConfig) -> PublishResult:
+    """Build the Hub folder for ``config.preferences``; upload it unless told not to.
+
+    The folder is built in a temporary folder first: a failure leaves any earlier
+    ``--local-dir`` folder as it was.
+    """
+    frame = _read_exported(config.preferences)
+    _check_secrets(config, frame)
     target = config.folder()
     if target is not None:
         _check_folder_target(target)
-    parent = target.parent if target is not None else None
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".mipo-publish-", dir=parent) as scratch:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    scratch_parent = target.parent if target is not None else None
+    with tempfile.TemporaryDirectory(prefix=".mipo-publish-", dir=scratch_parent) as scratch:
         built = build_folder(config, frame, Path(scratch))
         if target is not None:
             _replace_folder(Path(scratch), target)

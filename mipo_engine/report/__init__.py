@@ -38,6 +38,7 @@ def _check_dirs(run_dir: Path, out_dir: Path) -> None:
 def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+    path.chmod(0o644)  # the temporary file was private; a report is meant to be shared
 
 
 def write_report(

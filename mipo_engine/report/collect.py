@@ -287,38 +287,70 @@ def _relative(path: Path, root: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_state(root: Path, problems: list[str]) -> list[dict[str, Any]]:
+def read_state(root: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """The stage records of ``state.json`` (written by ``mipo run``), in run order.
+
+    ``stages`` is a mapping from stage id to record (``pipeline.runner``); a list of records
+    is read too. Stages of later rounds have ids ``round-N/<name>``.
+    """
     path = root / "state.json"
     if not path.is_file():
         return []
     state = _read_json(path, problems)
     stages = state.get("stages") if isinstance(state, dict) else None
+    if isinstance(stages, dict):
+        stages = [
+            {"name": key, **value} for key, value in stages.items() if isinstance(value, dict)
+        ]
     if not isinstance(stages, list):
         if state is not None:
-            problems.append("state.json: expected an object with a 'stages' list")
+            problems.append("state.json: expected an object with a 'stages' mapping")
         return []
     return [redact(entry) for entry in stages if isinstance(entry, dict)]
+
+
+def state_of_round(state: list[dict[str, Any]], round_folder: str | None) -> list[dict[str, Any]]:
+    """The records of one round: ``round-N/`` ids for a round folder, the others for the run."""
+    entries = []
+    for entry in state:
+        name = str(entry.get("name") or "")
+        prefix, _, rest = name.partition("/")
+        in_round = bool(rest) and _ROUND_FOLDER.match(prefix) is not None
+        if round_folder is None and not in_round:
+            entries.append(entry)
+        elif round_folder is not None and in_round and prefix == round_folder:
+            entries.append({**entry, "name": rest})
+    return entries
 
 
 def _same_file(recorded: Any, candidate: Path | None, root: Path) -> bool:
     """A path recorded in a manifest or state entry names ``candidate``.
 
-    Recorded paths may be relative to the run folder or absolute on another machine, so an
-    equal file name (with an equal parent folder name, when there is one) also counts.
+    Recorded paths may be relative (to the run folder, or to where ``mipo run`` was started)
+    or absolute on another machine, so an equal file name (with an equal parent folder
+    name, when there is one) also counts.
     """
     if not recorded or candidate is None:
         return False
     recorded = Path(str(recorded))
-    resolved = recorded if recorded.is_absolute() else root / recorded
-    try:
-        if resolved.resolve() == candidate.resolve():
-            return True
-    except OSError:
-        pass
+    if any(place == candidate.resolve() for place in _places(recorded, root)):
+        return True
     if recorded.name != candidate.name:
         return False
     parent = recorded.parent.name
     return not parent or parent == candidate.parent.name or candidate.parent == root
+
+
+def _places(recorded: Path, root: Path) -> list[Path]:
+    """Where a recorded path may point: as given (absolute or from the current folder), and
+    relative to the run folder."""
+    places = []
+    for place in (recorded, root / recorded):
+        try:
+            places.append(place.resolve())
+        except OSError:
+            continue
+    return places
 
 
 def _output_of(artifact: Artifact) -> Path:
@@ -370,15 +402,18 @@ def _note(artifact: Artifact) -> str:
 def build_stage_rows(
     artifacts: list[Artifact], state: list[dict[str, Any]], unfinished: list[StageRow], root: Path
 ) -> list[StageRow]:
-    """The pipeline table: ``state.json``'s order first, then the remaining artifacts."""
+    """The pipeline table: ``state.json``'s order first, then the remaining artifacts, then
+    outputs left unfinished (Parquet without manifest, resume journals)."""
     rows: list[StageRow] = []
     placed: set[int] = set()
+    leftovers = list(unfinished)
     for entry in state:
+        recorded = entry.get("output")
         match = next(
             (
                 a
                 for a in artifacts
-                if id(a) not in placed and _same_file(entry.get("output"), _output_of(a), root)
+                if id(a) not in placed and _same_file(recorded, _output_of(a), root)
             ),
             None,
         )
@@ -386,12 +421,24 @@ def build_stage_rows(
             name=str(entry.get("name") or entry.get("stage") or "?"),
             stage=str(entry.get("stage") or (match.stage if match else "?")),
             status=str(entry.get("status") or ("done" if match else "not run")),
-            output=str(entry.get("output") or ""),
+            output=_display_path(recorded, root),
             seconds=_number(entry.get("seconds")),
         )
         if match is not None:
             placed.add(id(match))
             _fill_from_artifact(row, match, artifacts, root)
+        elif row.status == "running":
+            # mipo run marks a stage running before calling it and done after: a record
+            # still running without a complete output was killed or failed part-way.
+            partial = next(
+                (u for u in leftovers if _same_file(recorded, root / u.output, root)), None
+            )
+            if partial is not None:
+                leftovers.remove(partial)
+                row.status, row.note = partial.status, partial.note
+            else:
+                row.status = "stopped"
+                row.note = "no complete output (killed or failed); rerun mipo run to resume"
         rows.append(row)
     for artifact in artifacts:
         if id(artifact) in placed:
@@ -400,9 +447,18 @@ def build_stage_rows(
         row = StageRow(name=Path(output).stem, stage=artifact.stage, status="done", output=output)
         _fill_from_artifact(row, artifact, artifacts, root)
         rows.append(row)
-    known = {row.output for row in rows}
-    rows.extend(row for row in unfinished if row.output not in known)
-    return rows
+    return rows + leftovers
+
+
+def _display_path(recorded: Any, root: Path) -> str:
+    """A recorded output path, shown relative to the run folder where it lies inside it."""
+    if not recorded:
+        return ""
+    path = Path(str(recorded))
+    for place in _places(path, root):
+        if place.exists() and place.is_relative_to(root.resolve()):
+            return str(place.relative_to(root.resolve()))
+    return path.name if path.parent.name == root.resolve().name else str(path)
 
 
 def _fill_from_artifact(
@@ -770,11 +826,14 @@ def build_header(run: RunData) -> dict[str, str]:
     return {key: redact(value) for key, value in header.items()}
 
 
-def list_absent(run: RunData) -> list[str]:
-    """One line per expected piece the run does not have, saying which command makes it."""
+def list_absent(run: RunData, *, in_round: bool = False) -> list[str]:
+    """One line per expected piece the run does not have, saying which command makes it.
+
+    A later round (``round-N/``) repeats only generate, score, export and train.
+    """
     absent = []
-    wanted = [
-        ("ingest", "prompts (mipo ingest)"),
+    wanted = [("ingest", "prompts (mipo ingest)")] if not in_round else []
+    wanted += [
         ("generate", "generated pairs (mipo generate)"),
         ("score", "reference scores and PMI (mipo score)"),
         ("export", "exported preferences and filter counts (mipo export)"),
@@ -784,6 +843,8 @@ def list_absent(run: RunData) -> list[str]:
             absent.append(text)
     if run.training is None:
         absent.append("training curves (mipo train)")
+    if in_round:
+        return absent
     if not run.evals:
         absent.append("evaluation results (mipo eval)")
     if not run.judging:
@@ -805,20 +866,32 @@ def _round_folders(root: Path) -> list[Path]:
     return [child for _, child in sorted(found)]
 
 
-def collect_run(
-    root: str | Path,
-    *,
-    samples: int = 5,
-    seed: int = 0,
-    label: str | None = None,
-    with_rounds: bool = True,
-) -> RunData:
+def collect_run(root: str | Path, *, samples: int = 5, seed: int = 0) -> RunData:
     """Read ``root`` (a run directory) into a ``RunData``; ``round-N/`` folders as rounds."""
     root = Path(root)
-    run = RunData(root=root, label=label or root.resolve().name)
+    problems: list[str] = []
+    state = read_state(root, problems)
+    run = collect_folder(
+        root, state_of_round(state, None), samples=samples, seed=seed, label=root.resolve().name
+    )
+    run.absent = list_absent(run)
+    run.problems[:0] = problems
+    for folder in _round_folders(root):
+        entries = state_of_round(state, folder.name)
+        run.rounds.append(
+            collect_folder(folder, entries, samples=samples, seed=seed, label=folder.name)
+        )
+        run.rounds[-1].absent = list_absent(run.rounds[-1], in_round=True)
+    return run
+
+
+def collect_folder(
+    root: Path, state: list[dict[str, Any]], *, samples: int, seed: int, label: str
+) -> RunData:
+    """One round's folder, with its ``state.json`` records."""
+    run = RunData(root=root, label=label)
     run.pipeline = _read_pipeline(root, run.problems)
     run.artifacts = find_artifacts(root, run.problems)
-    state = _read_state(root, run.problems)
     run.stages = build_stage_rows(run.artifacts, state, find_unfinished(root), root)
     export = run.first("export")
     run.export = export.stats if export is not None else None
@@ -838,12 +911,4 @@ def collect_run(
             seed=seed,
         )
     run.header = build_header(run)
-    run.absent = list_absent(run)
-    if with_rounds:
-        for folder in _round_folders(root):
-            run.rounds.append(
-                collect_run(
-                    folder, samples=samples, seed=seed, label=folder.name, with_rounds=False
-                )
-            )
     return run

@@ -20,6 +20,7 @@ from typing import Any
 from mipo_engine.artifacts.manifest import redact
 from mipo_engine.report.collect import EvalGroup, EvalRow, RunData, StageRow, TrainingData
 from mipo_engine.report.figures import Figure, headline_metric
+from mipo_engine.resources import read_prompt
 
 SECTION_TITLES = {
     "pipeline": "Pipeline",
@@ -32,64 +33,8 @@ SECTION_TITLES = {
 }
 """Section ids and headings (tests look for the headings)."""
 
-CSS = """
-:root { --ink:#1f2430; --muted:#5f6b7a; --line:#e3e6ea; --bg:#f5f6f8; --card:#fff;
-  --chosen:#1b9e77; --rejected:#d95f02; --accent:#4b4fbf; --warn:#b7791f; --bad:#c53030; }
-* { box-sizing:border-box; }
-body { margin:0; background:var(--bg); color:var(--ink);
-  font:15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-header.hero { background:linear-gradient(120deg,#23265a,#4b4fbf); color:#fff; padding:28px 0 22px; }
-.wrap { max-width:1180px; margin:0 auto; padding:0 24px; }
-.kicker { text-transform:uppercase; letter-spacing:.08em; font-size:12px; opacity:.8; }
-h1 { margin:4px 0 12px; font-size:30px; font-weight:650; word-break:break-word; }
-dl.meta { display:flex; flex-wrap:wrap; gap:8px 22px; margin:0; }
-dl.meta div { display:flex; gap:6px; } dl.meta dt { opacity:.75; } dl.meta dd { margin:0; font-weight:600; }
-nav { background:#fff; border-bottom:1px solid var(--line); position:sticky; top:0; z-index:2; }
-nav .wrap { display:flex; flex-wrap:wrap; gap:4px 18px; padding-top:10px; padding-bottom:10px; }
-nav a { color:var(--accent); text-decoration:none; font-size:14px; } nav a:hover { text-decoration:underline; }
-main { padding:18px 0 40px; }
-section.card { background:var(--card); border:1px solid var(--line); border-radius:10px;
-  padding:18px 22px; margin:18px 0; box-shadow:0 1px 2px rgba(0,0,0,.04); }
-h2 { font-size:21px; margin:0 0 12px; } h3 { font-size:17px; margin:18px 0 8px; }
-h2.round { margin:30px 0 0; font-size:24px; color:#23265a; }
-.muted { color:var(--muted); } .small { font-size:13px; }
-.glance { display:grid; grid-template-columns:repeat(auto-fit,minmax(170px,1fr)); gap:12px; }
-.glance div { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:12px 14px; }
-.glance b { display:block; font-size:22px; font-variant-numeric:tabular-nums; }
-.glance span { color:var(--muted); font-size:13px; }
-table { border-collapse:collapse; width:100%; font-size:14px; margin:6px 0 4px; }
-th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); vertical-align:top; }
-th { background:#fafbfc; font-weight:600; color:#3a4250; }
-td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
-tbody tr:nth-child(even) { background:#fcfcfd; }
-code, pre { font-family:ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size:13px; }
-.badge { display:inline-block; padding:1px 8px; border-radius:999px; font-size:12px; font-weight:600;
-  background:#edf2f7; color:#4a5568; }
-.badge.done { background:#e6f6ef; color:#17694f; } .badge.failed { background:#fde8e8; color:var(--bad); }
-.badge.incomplete, .badge.interrupted { background:#fdf3e1; color:var(--warn); }
-.badge.kept { background:#e6f6ef; color:#17694f; } .badge.dropped { background:#fde8e8; color:var(--bad); }
-.up { color:#17694f; font-weight:600; } .down { color:var(--bad); font-weight:600; }
-.callout { border-left:4px solid var(--accent); background:#f3f3fc; padding:10px 14px; border-radius:6px; margin:8px 0 14px; }
-.callout.warn { border-color:var(--rejected); background:#fdf4ee; }
-.callout.ok { border-color:var(--chosen); background:#eef8f4; }
-.absent { color:var(--muted); font-style:italic; }
-figure { margin:14px 0; } figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:6px; background:#fff; }
-figcaption { color:var(--muted); font-size:13px; margin-top:4px; }
-.pair { border:1px solid var(--line); border-radius:10px; margin:14px 0; overflow:hidden; }
-.pair-head { display:flex; flex-wrap:wrap; gap:6px 16px; align-items:center; padding:8px 14px;
-  background:#fafbfc; border-bottom:1px solid var(--line); font-size:13px; color:var(--muted); }
-.pair-head code { color:var(--ink); }
-.pair .block { padding:8px 14px; border-bottom:1px solid var(--line); }
-.label { text-transform:uppercase; letter-spacing:.06em; font-size:11px; color:var(--muted); font-weight:700; }
-.text { white-space:pre-wrap; word-break:break-word; margin:2px 0 0; }
-.sides { display:grid; grid-template-columns:1fr 1fr; }
-.side { padding:10px 14px; min-width:0; } .side + .side { border-left:1px solid var(--line); }
-.side.chosen .label { color:var(--chosen); } .side.rejected .label { color:var(--rejected); }
-.side.chosen { border-top:3px solid var(--chosen); } .side.rejected { border-top:3px solid var(--rejected); }
-.facts { font-size:12px; color:var(--muted); margin:2px 0 6px; }
-details pre { background:#f7f8fa; border:1px solid var(--line); border-radius:6px; padding:10px; overflow:auto; }
-@media (max-width: 820px) { .sides { grid-template-columns:1fr; } .side + .side { border-left:0; border-top:1px solid var(--line); } }
-"""
+CSS_FILE = "report.css"
+"""The page's style sheet in ``prompts/``, inlined into every page."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,13 +90,19 @@ def fmt_interval(value: Any, *, percent: bool, signed: bool = False) -> str:
     return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
 
 
-def _delta_cell(value: Any, *, percent: bool) -> str:
-    """A paired difference, coloured when its interval excludes 0."""
-    text = fmt_interval(value, percent=percent, signed=True)
+def interval_cell(value: Any, *, percent: bool, signed: bool = False) -> str:
+    """A table cell: the mean, and the interval in small print below it (narrow columns).
+
+    Signed values (differences) are coloured when the interval excludes 0.
+    """
+    text = fmt_interval(value, percent=percent, signed=signed)
     if text == "—":
         return text
-    css = "up" if value["low"] > 0 else "down" if value["high"] < 0 else ""
-    return f'<span class="{css}">{text}</span>' if css else text
+    mean, interval = text.split(" ", 1)
+    if signed:
+        css = "up" if value["low"] > 0 else "down" if value["high"] < 0 else ""
+        mean = f'<span class="{css}">{mean}</span>' if css else mean
+    return f'{mean}<span class="ci">{interval}</span>'
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,15 +124,19 @@ def _table(
         "<tr>" + "".join(cell("td", i, content) for i, content in enumerate(row)) + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def _figure(figure: Figure | None) -> str:
     if figure is None:
         return ""
     data = base64.b64encode(figure.png).decode("ascii")
+    css = "" if figure.wide else ' class="half"'
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{_t(figure.title)}">'
+        f'<figure{css}><img src="data:image/png;base64,{data}" alt="{_t(figure.title)}">'
         f"<figcaption><b>{_t(figure.title)}.</b> {_t(figure.caption)} "
         f'<a href="{_t(figure.name)}">{_t(figure.name)}</a></figcaption></figure>'
     )
@@ -338,22 +293,26 @@ def training_body(run: RunData, figures: dict[str, Figure]) -> str:
         ]
         parts.append(_table(header, rows, (1, 2)))
     parts.append(_training_facts(training))
-    for key in ("logps", "loss", "rewards"):
-        parts.append(_figure(figures.get(key)))
-    return "".join(parts)
+    shown = "".join(_figure(figures.get(key)) for key in ("logps", "rewards", "loss"))
+    return "".join(parts) + f'<div class="figs">{shown}</div>'
 
 
 def _training_facts(training: TrainingData) -> str:
     manifest = training.manifest
     if manifest is None:
-        return f'<p class="small muted">Folder <code>{_t(training.folder)}</code>: no train manifest yet (running, stopped, or killed; rerun mipo train to resume).</p>'
+        return (
+            f'<p class="small muted">Folder <code>{_t(training.folder)}</code>: no train '
+            "manifest yet (running, stopped, or killed; rerun mipo train to resume).</p>"
+        )
     stats = manifest.get("stats") or {}
     loss = manifest.get("loss") or {}
     facts = [
         f"folder <code>{_t(training.folder)}</code>",
-        f"loss <b>{_t(loss.get('loss'))}</b>: <code>{_t(loss.get('formula'))}</code> ({_t(loss.get('citation'))})",
-        f"learning rate {fmt_number(manifest.get('learning_rate'), 7)}",
-        f"{fmt_number(stats.get('global_step'))} steps on {fmt_number(manifest.get('pairs'))} pairs",
+        f"loss <b>{_t(loss.get('loss'))}</b>: <code>{_t(loss.get('formula'))}</code> "
+        f"({_t(loss.get('citation'))})",
+        f"learning rate {_t(_general(manifest.get('learning_rate')))}",
+        f"{fmt_number(stats.get('global_step'))} steps "
+        f"on {fmt_number(manifest.get('pairs'))} pairs",
         f"{fmt_seconds(stats.get('train_runtime_s'))}",
         f"{fmt_number(stats.get('tokens_per_second'), 1)} tokens/s",
     ]
@@ -367,7 +326,7 @@ def _metric_columns(kind: str) -> list[tuple[str, Callable[[EvalRow, int, EvalGr
     """(header, cell function, numeric) per column of an eval table of a task kind."""
 
     def interval_of(key: str, percent: bool) -> Callable[[EvalRow, int, EvalGroup], str]:
-        return lambda row, _, __: fmt_interval(_lookup(row.summary, key), percent=percent)
+        return lambda row, _, __: interval_cell(_lookup(row.summary, key), percent=percent)
 
     def delta_of(key: str, percent: bool) -> Callable[[EvalRow, int, EvalGroup], str]:
         return lambda row, position, group: _delta(row, position, group, key, percent)
@@ -432,12 +391,13 @@ def _delta(row: EvalRow, position: int, group: EvalGroup, key: str, percent: boo
     if position == 0:
         return "baseline"
     if key in row.difference:
-        return _delta_cell(row.difference[key], percent=percent)
+        return interval_cell(row.difference[key], percent=percent, signed=True)
     ours, base = _lookup(row.summary, key), _lookup(group.rows[0].summary, key)
     if not isinstance(ours, dict) or not isinstance(base, dict):
         return "—"
     scale, digits = (100.0, 1) if percent else (1.0, 3)
-    return f"{(ours['mean'] - base['mean']) * scale:+.{digits}f} (unpaired)"
+    difference = (ours["mean"] - base["mean"]) * scale
+    return f'{difference:+.{digits}f}<span class="ci">unpaired</span>'
 
 
 def _eval_table(group: EvalGroup) -> str:
@@ -458,13 +418,16 @@ def evaluation_body(run: RunData, figures: dict[str, Figure]) -> str:
     parts = []
     for group in run.evals:
         parts.append(
-            f"<h3>{_t(group.task)} <span class='muted small'>({_t(group.kind or 'task')})</span></h3>"
+            f"<h3>{_t(group.task)} "
+            f"<span class='muted small'>({_t(group.kind or 'task')})</span></h3>"
         )
         parts.append(_eval_table(group))
         how = (
-            "Δ: mean per-item difference to the baseline with a percentile-bootstrap 95% interval (paired on shared items)."
+            "Δ: mean per-item difference to the baseline with a percentile-bootstrap 95% "
+            "interval (paired on shared items)."
             if group.paired
-            else "Δ: difference of the means (the per-item files were not available for a paired comparison)."
+            else "Δ: difference of the means (the per-item files were not available for a "
+            "paired comparison)."
         )
         if len(group.rows) > 1:
             parts.append(
@@ -555,7 +518,7 @@ def diversity_body(run: RunData, figures: dict[str, Figure]) -> str:
             _t(row.label),
             fmt_number(_lookup(row.summary, "self_bleu_4.across_prompts")),
             fmt_number(_lookup(row.summary, "self_bleu_4.within_prompt")),
-            fmt_interval(row.summary.get("pmi"), percent=False),
+            interval_cell(row.summary.get("pmi"), percent=False),
         ]
         for group in run.evals
         for row in group.rows
@@ -577,11 +540,11 @@ def diversity_body(run: RunData, figures: dict[str, Figure]) -> str:
             )
         )
     parts.append(
-        '<p class="small muted">Self-BLEU-4 scores each response against the others of its set (Texygen; seed 004 Tables 3-4); distinct-2 is the share of unique word bigrams.</p>'
+        '<p class="small muted">Self-BLEU-4 scores each response against the others of its '
+        "set (Texygen; seed 004 Tables 3-4); distinct-2 is the share of unique word bigrams.</p>"
     )
-    parts.append(_figure(figures.get("pmi")))
-    parts.append(_figure(figures.get("lengths")))
-    return "".join(parts)
+    shown = "".join(_figure(figures.get(key)) for key in ("pmi", "lengths"))
+    return "".join(parts) + f'<div class="figs">{shown}</div>'
 
 
 def _reasons(counts: dict[str, int]) -> str:
@@ -606,6 +569,11 @@ def _pmi_summary(pmi: list[float], margins: list[float]) -> str:
     return f"<p>{_t('; '.join(facts))}.</p>"
 
 
+def _general(value: Any) -> str:
+    """A number in its shortest form (1e-05, 0.01); "—" if missing."""
+    return f"{value:g}" if _finite(value) else "—"
+
+
 def _logp(value: Any) -> str:
     return f"{value:.2f}" if _finite(value) else "—"
 
@@ -621,7 +589,8 @@ def _pair_card(sample: dict[str, Any]) -> str:
     if sample.get("kept") is not None:
         kept = sample["kept"]
         head.append(
-            f'<span class="badge {"kept" if kept else "dropped"}">{"exported" if kept else "filtered out"}</span>'
+            f'<span class="badge {"kept" if kept else "dropped"}">'
+            f"{'exported' if kept else 'filtered out'}</span>"
         )
     if _finite(sample.get("pmi")):
         head.append(f"PMI {sample['pmi']:+.3f}")
@@ -631,14 +600,20 @@ def _pair_card(sample: dict[str, Any]) -> str:
         )
     blocks = []
     if sample.get("context"):
-        blocks.append(
-            f'<div class="block"><div class="label">User context</div><p class="text">{_t(sample["context"])}</p></div>'
-        )
-    blocks.append(
-        f'<div class="block"><div class="label">Prompt</div><p class="text">{_t(sample["prompt"])}</p></div>'
-    )
+        blocks.append(_text_block("User context", sample["context"]))
+    blocks.append(_text_block("Prompt", sample["prompt"]))
     sides = "".join(_side(sample, side) for side in ("chosen", "rejected"))
-    return f'<article class="pair"><div class="pair-head">{" · ".join(head)}</div>{"".join(blocks)}<div class="sides">{sides}</div></article>'
+    return (
+        f'<article class="pair"><div class="pair-head">{" · ".join(head)}</div>'
+        f'{"".join(blocks)}<div class="sides">{sides}</div></article>'
+    )
+
+
+def _text_block(label: str, text: str) -> str:
+    return (
+        f'<div class="block"><div class="label">{_t(label)}</div>'
+        f'<p class="text">{_t(text)}</p></div>'
+    )
 
 
 def _side(sample: dict[str, Any], side: str) -> str:
@@ -648,10 +623,12 @@ def _side(sample: dict[str, Any], side: str) -> str:
     ]
     if _finite(sample.get(f"ref_{side}_logps")):
         facts.append(f"ref log-prob {_logp(sample[f'ref_{side}_logps'])}")
+    text = sample[side]
+    shown = _t(text) if text.strip() else '<span class="absent">(empty response)</span>'
     return (
         f'<div class="side {side}"><div class="label">{side}</div>'
         f'<div class="facts">{" · ".join(facts)}</div>'
-        f'<p class="text">{_t(sample[side])}</p></div>'
+        f'<p class="text">{shown}</p></div>'
     )
 
 
@@ -660,42 +637,73 @@ def _side(sample: dict[str, Any], side: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _glance(run: RunData) -> str:
-    """Key numbers of the (last) round in a row of cards."""
-    cards = []
-    if run.pairs is not None:
-        cards.append((fmt_number(run.pairs.pairs), "pairs generated"))
-    if run.export:
-        cards.append((fmt_number(run.export.get("output_pairs")), "pairs exported after filters"))
-    if run.training is not None and run.training.records:
-        last = run.training.records[-1]
-        cards.append((fmt_number(int(last.get("step", 0))), "training steps logged"))
+def _latest(runs: Sequence[RunData], has: Callable[[RunData], bool]) -> RunData | None:
+    return next((run for run in reversed(runs) if has(run)), None)
+
+
+def _glance(runs: Sequence[RunData]) -> str:
+    """Key numbers in a row of cards, each from the latest round that has it."""
+    cards: list[tuple[str, str]] = []
+
+    def where(run: RunData) -> str:
+        return f" ({run.label})" if len(runs) > 1 else ""
+
+    generated = _latest(runs, lambda r: r.pairs is not None)
+    if generated is not None and generated.pairs is not None:
+        cards.append((fmt_number(generated.pairs.pairs), "pairs generated" + where(generated)))
+    exported = _latest(runs, lambda r: bool(r.export))
+    if exported is not None and exported.export:
+        count = fmt_number(exported.export.get("output_pairs"))
+        cards.append((count, "pairs exported after filters" + where(exported)))
+    trained = _latest(runs, lambda r: r.training is not None and bool(r.training.records))
+    if trained is not None and trained.training is not None:
+        last = trained.training.records[-1]
+        steps = fmt_number(int(last.get("step", 0)))
+        cards.append((steps, "training steps logged" + where(trained)))
         if "rewards/accuracies" in last:
-            cards.append((_percent(last["rewards/accuracies"]) + "%", "final reward accuracy"))
+            accuracy = _percent(last["rewards/accuracies"]) + "%"
+            cards.append((accuracy, "final reward accuracy" + where(trained)))
         if "logps/chosen_shift" in last:
-            cards.append((f"{last['logps/chosen_shift']:+.2f}", "final chosen log-prob shift"))
-    for group in run.evals:
-        metric = headline_metric(group)
-        if metric is None or len(group.rows) < 2:
-            continue
-        key, percent = metric
-        difference = group.rows[-1].difference.get(key)
-        if isinstance(difference, dict) and _finite(difference.get("mean")):
-            scale = 100 if percent else 1
-            unit = " pts" if percent else ""
-            cards.append(
-                (
-                    f"{difference['mean'] * scale:+.1f}{unit}",
-                    f"{group.task} {key}: {group.rows[-1].label} vs {group.rows[0].label}",
-                )
-            )
+            shift = f"{last['logps/chosen_shift']:+.2f}"
+            cards.append((shift, "final chosen log-prob shift" + where(trained)))
+    for group in (group for run in runs for group in run.evals):
+        cards.extend(_eval_card(group))
     if not cards:
         return ""
-    inner = "".join(f"<div><b>{value}</b><span>{_t(label)}</span></div>" for value, label in cards)
+    inner = "".join(
+        f"<div><b>{_t(value)}</b><span>{_t(label)}</span></div>" for value, label in cards
+    )
     return f'<div class="glance">{inner}</div>'
 
 
-def _round_sections(run: RunData, figures: dict[str, Figure], *, slug: str, level: int) -> str:
+def _eval_card(group: EvalGroup) -> list[tuple[str, str]]:
+    """The headline difference of the last eval output of a task to its baseline."""
+    metric = headline_metric(group)
+    if metric is None or len(group.rows) < 2:
+        return []
+    key, percent = metric
+    difference = group.rows[-1].difference.get(key)
+    if not isinstance(difference, dict) or not _finite(difference.get("mean")):
+        return []
+    value = difference["mean"] * (100 if percent else 1)
+    text = f"{value:+.1f} pts" if percent else f"{value:+.3f}"
+    return [(text, f"{group.task} {key}: {group.rows[-1].label} vs {group.rows[0].label}")]
+
+
+def _round_sections(
+    run: RunData, figures: dict[str, Figure], *, slug: str, level: int, compact: bool = False
+) -> str:
+    """The sections of one round; ``compact`` leaves out those without data (later rounds,
+    whose pipeline table already says what they lack)."""
+    present = {
+        "pipeline": True,
+        "filters": bool(run.export),
+        "training": run.training is not None,
+        "evaluation": bool(run.evals),
+        "judging": bool(run.judging),
+        "diversity": run.pairs is not None or bool(run.evals),
+        "samples": bool(run.samples),
+    }
     bodies = {
         "pipeline": pipeline_body(run),
         "filters": filters_body(run),
@@ -706,6 +714,8 @@ def _round_sections(run: RunData, figures: dict[str, Figure], *, slug: str, leve
     }
     if run.judging:
         bodies["judging"] = judging_body(run)
+    if compact:
+        bodies = {key: body for key, body in bodies.items() if present[key]}
     order = ["pipeline", "filters", "training", "evaluation", "judging", "diversity", "samples"]
     return "".join(
         _section(key, bodies[key], anchor=f"{slug}{key}", level=level)
@@ -749,7 +759,8 @@ def _config_section(runs: Sequence[RunData]) -> str:
     if top.pipeline is not None:
         text = yaml.safe_dump(top.pipeline, sort_keys=False, allow_unicode=True)
         parts.append(
-            f"<details open><summary>pipeline.yaml (secrets redacted)</summary><pre>{_t(text)}</pre></details>"
+            "<details open><summary>pipeline.yaml (secrets redacted)</summary>"
+            f"<pre>{_t(text)}</pre></details>"
         )
     else:
         parts.append(_absent("No pipeline.yaml (stages were run by hand)."))
@@ -765,8 +776,7 @@ def render_report(rounds: Sequence[tuple[RunData, dict[str, Figure]]], *, genera
     if not rounds:
         raise ValueError("render_report needs at least the run itself")
     top = rounds[0][0]
-    last = rounds[-1][0]
-    body = [_glance(last)]
+    body = [_glance([run for run, _ in rounds])]
     if len(rounds) == 1:
         body.append(_round_sections(top, rounds[0][1], slug="", level=2))
     else:
@@ -774,13 +784,13 @@ def render_report(rounds: Sequence[tuple[RunData, dict[str, Figure]]], *, genera
             slug = _slug(index)
             title = f"Round {index + 1}" + (f": {run.label}" if index else "")
             body.append(f'<h2 class="round" id="{slug}round">{_t(title)}</h2>')
-            body.append(_round_sections(run, figures, slug=slug, level=3))
+            body.append(_round_sections(run, figures, slug=slug, level=3, compact=index > 0))
     body.append(_config_section([run for run, _ in rounds]))
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>mipo report: {_t(top.header.get('run', top.label))}</title>"
-        f"<style>{CSS}</style></head><body>"
+        f"<style>{read_prompt(CSS_FILE)}</style></head><body>"
         f"{_header(top, generated_at)}{_nav(rounds)}"
         f'<main><div class="wrap">{"".join(body)}</div></main></body></html>\n'
     )

@@ -102,32 +102,33 @@ class EmptyExport(MipoError):
 # --------------------------------------------------------------------------------------------
 
 
-def parse_splits(value: str | Mapping[str, float]) -> dict[str, float]:
-    """``"train=0.95,test=0.05"`` (or a mapping) -> ``{"train": 0.95, "test": 0.05}``.
+def _split_text(text: str) -> dict[str, float]:
+    """``"train=0.95,test=0.05"`` -> ``{"train": 0.95, "test": 0.05}``; ``"train"`` -> all."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if len(parts) == 1 and "=" not in parts[0]:
+        return {parts[0]: 1.0}
+    parsed: dict[str, float] = {}
+    for part in parts:
+        name, sep, fraction = (piece.strip() for piece in part.partition("="))
+        if not sep:
+            raise ValueError(f"expected name=fraction, got {part!r} (e.g. train=0.95,test=0.05)")
+        if name in parsed:
+            raise ValueError(f"split {name!r} is given twice")
+        try:
+            parsed[name] = float(fraction)
+        except ValueError:
+            raise ValueError(f"fraction of split {name!r} is not a number: {fraction!r}") from None
+    return parsed
 
-    Names are letters, digits and underscores (they become Hub file names); fractions are
-    positive and sum to 1. A single bare name (``"train"``) means all pairs.
+
+def parse_splits(value: str | Mapping[str, float]) -> dict[str, float]:
+    """Split names and fractions from ``"train=0.95,test=0.05"`` or a mapping.
+
+    Names are letters, digits and underscores (they become Hub file names); fractions are in
+    (0, 1] and sum to 1.
     """
     if isinstance(value, str):
-        parts = [part.strip() for part in value.split(",") if part.strip()]
-        if len(parts) == 1 and "=" not in parts[0]:
-            parts = [f"{parts[0]}=1"]
-        parsed: dict[str, float] = {}
-        for part in parts:
-            name, sep, fraction = part.partition("=")
-            name = name.strip()
-            if not sep:
-                raise ValueError(
-                    f"expected name=fraction, got {part!r} (e.g. train=0.95,test=0.05)"
-                )
-            if name in parsed:
-                raise ValueError(f"split {name!r} is given twice")
-            try:
-                parsed[name] = float(fraction)
-            except ValueError:
-                raise ValueError(
-                    f"fraction of split {name!r} is not a number: {fraction!r}"
-                ) from None
+        parsed = _split_text(value)
     else:
         parsed = {str(name): float(fraction) for name, fraction in value.items()}
     if not parsed:
@@ -255,8 +256,8 @@ def judge_margins(path: Path) -> pl.DataFrame:
     per_response = aggregate_judgments(read_artifact(path, JUDGMENTS))
 
     def role_scores(role: str) -> pl.DataFrame:
-        chosen = per_response.filter(pl.col("role") == role)
-        return chosen.select("id", pl.col("score").alias(role))
+        rows = per_response.filter(pl.col("role") == role)
+        return rows.select("id", pl.col("score").alias(role))
 
     return (
         role_scores("chosen")

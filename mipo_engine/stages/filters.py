@@ -250,6 +250,7 @@ SHINGLE_BYTES = 8
 SAMPLE_RATE = 8  # keep 1 shingle in 8 (the same ones in every text) before MinHash
 _CHUNK_BYTES = 1 << 22  # texts are hashed in chunks of about 4 MB to bound memory
 _U64_MAX = np.uint64(np.iinfo(np.uint64).max)
+_SAMPLE_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so x -> x * m is a bijection
 
 
 def _mix64(values: np.ndarray) -> np.ndarray:
@@ -285,28 +286,31 @@ def _chunk_end(offsets: np.ndarray, first: int) -> int:
 def _sampled_shingles(
     data: np.ndarray, offsets: np.ndarray, first: int, last: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Hashed byte 8-grams of texts ``first..last-1`` that pass the 1-in-``SAMPLE_RATE``
-    sample, and the text index of each. A text shorter than 8 bytes has no 8-gram."""
+    """Hashes of the byte 8-grams of texts ``first..last-1`` kept by the sample, and the text
+    index of each (ascending). A text shorter than 8 bytes has no 8-gram.
+
+    The sample keeps an 8-gram when the top 3 bits of its value times an odd constant (mod
+    2^64, multiply-shift hashing) are zero: 1 in 8, and the same 8-grams in every text.
+    """
     start, end = int(offsets[first]), int(offsets[last])
-    count = max(end - start, 0)
-    # Every byte position as a little-endian uint64 of the 8 bytes starting there (no copy).
-    windows = np.ndarray((count,), dtype="<u8", buffer=data, offset=start, strides=(1,))
-    hashes = _mix64(windows.astype(np.uint64))
-    lengths = np.diff(offsets[first : last + 1])
-    text_of = np.repeat(np.arange(first, last, dtype=np.int64), lengths)
-    # A window is a real 8-gram only if it ends inside its own text.
-    valid = np.arange(start, end, dtype=np.int64) <= (
-        np.repeat(offsets[first + 1 : last + 1], lengths) - SHINGLE_BYTES
+    # Every byte position read as the little-endian uint64 of the 8 bytes there (no copy).
+    windows = np.ndarray(
+        (max(end - start, 0),), dtype="<u8", buffer=data, offset=start, strides=(1,)
     )
-    sampled = valid & (hashes < np.uint64((1 << 64) // SAMPLE_RATE))
-    return hashes[sampled], text_of[sampled]
+    scrambled = windows * _SAMPLE_MULTIPLIER
+    position = np.flatnonzero(scrambled < np.uint64((1 << 64) // SAMPLE_RATE)) + start
+    text_of = np.searchsorted(offsets, position, side="right") - 1
+    inside = position <= offsets[text_of + 1] - SHINGLE_BYTES  # ends within its own text
+    position, text_of = position[inside], text_of[inside]
+    return _mix64(windows[position - start].astype(np.uint64)), text_of
 
 
 def minhash_signatures(texts: pl.Series, *, num_perm: int = 32, seed: int = 0) -> np.ndarray:
     """MinHash signatures, shape (len(texts), num_perm), of each text's byte 8-gram set.
 
     Shingles are first thinned by consistent sampling (a shingle is kept in every text or in
-    none), which preserves Jaccard similarity in expectation and cuts the work 8-fold. The
+    none; ``_sampled_shingles``), which keeps Jaccard similarity in expectation and cuts the
+    work 8-fold. The
     j-th signature entry is min over the text's sampled shingles of ``a_j * h + b_j`` (mod
     2^64), a multiply-add family over already-mixed hashes. Texts left with no sampled
     shingle (very short ones) get the hash of their whole text in every entry, so they only
@@ -326,7 +330,8 @@ def minhash_signatures(texts: pl.Series, *, num_perm: int = 32, seed: int = 0) -
         last = _chunk_end(offsets, first)
         hashes, text_of = _sampled_shingles(data, offsets, first, last)
         if hashes.size:
-            present, starts = np.unique(text_of, return_index=True)
+            starts = np.flatnonzero(np.diff(text_of, prepend=-1))  # first shingle of each text
+            present = text_of[starts]
             has_shingle[present] = True
             for j in range(num_perm):
                 permuted = hashes * multipliers[j] + increments[j]

@@ -28,6 +28,15 @@ BUILTIN_SETS = {
     "general": ("general.jsonl", None),
 }
 BENCHMARK_FORMATS = ("gsm8k", "svamp", "arc", "mmlu")
+# Training-side files of the shared benchmark folder, for ``bench:NAME:SPLIT``.
+BENCHMARK_SPLITS = {
+    "gsm8k:train": ("gsm8k", "gsm8k/train_subsample_2000_seed0.jsonl"),
+    "gsm8k:test": ("gsm8k", "gsm8k/test.jsonl"),
+    "arc_easy:train": ("arc", "arc/ARC-Easy/ARC-Easy-Train_subsample_2000_seed0.jsonl"),
+    "arc_challenge:train": ("arc", "arc/ARC-Challenge/ARC-Challenge-Train.jsonl"),
+    "mmlu:dev": ("mmlu", "mmlu/dev"),
+    "mmlu:val": ("mmlu", "mmlu/val"),
+}
 
 
 class IngestConfig(StageConfig):
@@ -73,10 +82,18 @@ def _benchmark_rows(kind: str, spec: str) -> tuple[list[dict], Path | None]:
             "mmlu": benchmarks.load_mmlu,
         }[kind]
         return loader(spec), Path(spec)
+    if spec in BENCHMARK_SPLITS:
+        layout, relative = BENCHMARK_SPLITS[spec]
+        try:
+            path = benchmarks.shared_data_dir() / relative
+        except FileNotFoundError as error:
+            raise InputError(str(error), file=f"bench:{spec}") from None
+        return _benchmark_rows(layout, str(path))
     try:
         return benchmarks.load_benchmark(spec), None
-    except (KeyError, FileNotFoundError) as error:
-        raise InputError(str(error), file=f"bench:{spec}") from None
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        choices = ", ".join(sorted([*benchmarks.BENCHMARKS, *BENCHMARK_SPLITS]))
+        raise InputError(f"{error}; available: {choices}", file=f"bench:{spec}") from None
 
 
 def _file_rows(path: Path, config: IngestConfig) -> list[dict]:
