@@ -123,18 +123,29 @@ class ScriptedBackend(Backend):
 
 
 class StructuredScriptedBackend(ScriptedBackend):
-    """A scripted backend with choice-constrained generation (``generate_structured``)."""
+    """A scripted backend with constrained generation (``generate_structured``).
+
+    With ``choices`` a reply outside them becomes the first choice, as a choice-constrained
+    decoder would; with ``json_schema`` the reply is returned as scripted (the schema is
+    recorded in ``json_schemas``).
+    """
+
+    def __init__(self, reply: Script, **options: object) -> None:
+        super().__init__(reply, **options)  # type: ignore[arg-type]
+        self.json_schemas: list[dict] = []
 
     def generate_structured(
         self,
         requests: Sequence[GenerationRequest],
         sampling: SamplingConfig,
-        *,
-        choices: Sequence[str],
+        choices: Sequence[str] | None = None,
+        json_schema: dict | None = None,
     ) -> list[Completion]:
         self.structured_calls += 1
+        if json_schema is not None:
+            self.json_schemas.append(json_schema)
         completions = self.generate(requests, sampling)
         for completion in completions:
-            if completion.finish_reason != "error" and completion.text not in choices:
+            if choices and completion.finish_reason != "error" and completion.text not in choices:
                 completion.text = choices[0]
         return completions

@@ -89,17 +89,33 @@ def success_body(path: str, body: dict[str, Any]) -> dict[str, Any]:
             "message": {"role": "assistant", "content": f" answer to {key} "},
             "finish_reason": "stop",
         }
-        return {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [choice], "usage": usage}  # fmt: skip
+        return {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [choice],
+            "usage": usage,
+        }
     prompt = body["prompt"]
     choice = {"index": 0, "text": f"answer to {key}", "finish_reason": "length", "logprobs": None}
     if body.get("echo"):
         # Prompt token i (i >= 1) gets log-prob -i/10; the one generated token gets -5.
         logprobs = [None] + [-i / 10 for i in range(1, len(prompt))] + [-5.0]
-        choice["logprobs"] = {"token_logprobs": logprobs, "tokens": [], "text_offset": [],
-                              "top_logprobs": []}  # fmt: skip
-    return {"id": "c2", "object": "text_completion", "created": 0, "model": body["model"],
-            "choices": [choice], "usage": usage}  # fmt: skip
+        choice["logprobs"] = {
+            "token_logprobs": logprobs,
+            "tokens": [],
+            "text_offset": [],
+            "top_logprobs": [],
+        }
+    return {
+        "id": "c2",
+        "object": "text_completion",
+        "created": 0,
+        "model": body["model"],
+        "choices": [choice],
+        "usage": usage,
+    }
 
 
 def make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
@@ -134,8 +150,12 @@ def make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
         def received(self, method: str, body: dict[str, Any]) -> None:
             with server.lock:
                 server.received.append(
-                    {"method": method, "path": self.path, "body": body,
-                     "authorization": self.headers.get("Authorization")}  # fmt: skip
+                    {
+                        "method": method,
+                        "path": self.path,
+                        "body": body,
+                        "authorization": self.headers.get("Authorization"),
+                    }
                 )
 
         def send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
@@ -232,6 +252,7 @@ def test_model_none_uses_the_served_model(server: FakeServer) -> None:
     backend = make_backend(server, model=None)
     backend.generate(requests_for("a"), SAMPLING)
     assert server.posts("/v1/chat/completions")[0]["model"] == "served-x"
+    assert backend.model_name == "served-x"
     assert "served-x" in repr(backend)
 
 
@@ -287,15 +308,29 @@ def test_client_errors_are_not_retried(server: FakeServer) -> None:
     server.script("long", Reply(400, body=b'{"error": {"message": "prompt too long"}}'))
     backend = make_backend(server)
     long, ok = backend.generate(requests_for("long", "ok"), SAMPLING)
-    assert (long.finish_reason, long.attempts, long.error) == ("error", 1, "HTTP 400: prompt too long")
+    assert (long.finish_reason, long.attempts, long.error) == (
+        "error",
+        1,
+        "HTTP 400: prompt too long",
+    )
     assert ok.finish_reason == "stop"
     assert backend.stats.retries == 0
 
 
 def test_unexpected_finish_reason_is_an_error_row(server: FakeServer) -> None:
-    body = {"id": "x", "object": "chat.completion", "created": 0, "model": "fake-model",
-            "choices": [{"index": 0, "finish_reason": "content_filter",
-                         "message": {"role": "assistant", "content": ""}}]}  # fmt: skip
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "fake-model",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "content_filter",
+                "message": {"role": "assistant", "content": ""},
+            }
+        ],
+    }
     server.script("a", Reply(body=json.dumps(body).encode()))
     [result] = make_backend(server).generate(requests_for("a"), SAMPLING)
     assert result.finish_reason == "error"
@@ -345,9 +380,12 @@ def test_unreachable_server_raises_backend_error() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     backend = OpenAIBackend(
-        "m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1, retry_backoff=0.0,
+        "m",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        max_retries=1,
+        retry_backoff=0.0,
         show_progress=False,
-    )  # fmt: skip
+    )
     with pytest.raises(BackendError, match="connection failed"):
         backend.generate(requests_for("a"), SAMPLING)
 
@@ -462,7 +500,7 @@ def test_score_reports_failed_rows(server: FakeServer, tiny_model_dir: Path) -> 
     backend = make_backend(server, tokenizer=str(tiny_model_dir), max_retries=0)
     prompt = render_plain(build_messages("hi"), bos_token="<bos>")
     server.script(json.dumps(_pair_ids(tiny_model_dir, prompt, "no")), Reply(500, body=b"{}"))
-    with pytest.raises(BackendError, match="1 of 2 rows .*row 1"):
+    with pytest.raises(BackendError, match=r"1 of 2 rows .*row 1"):
         backend.score([prompt, prompt], ["yes", "no"])
 
 
@@ -471,7 +509,11 @@ def _pair_ids(model_dir: Path, prompt: str, response: str) -> list[int]:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return [*ids, *tokenizer(response, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    return [
+        *ids,
+        *tokenizer(response, add_special_tokens=False)["input_ids"],
+        tokenizer.eos_token_id,
+    ]
 
 
 # -- event loop, settings, helpers ---------------------------------------------------------

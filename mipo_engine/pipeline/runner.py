@@ -230,8 +230,12 @@ def run_pipeline(
     from_stage: str | None = None,
     to_stage: str | None = None,
     rounds: int | None = None,
+    report: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run the pipeline; returns one status record per planned stage."""
+    """Run the pipeline; returns one status record per planned stage.
+
+    With ``report`` (the default) the run folder's HTML report is refreshed at the end.
+    """
     plan = plan_pipeline(config, rounds=rounds)
     names = [s.entry.name for s in plan]
     for label, value in (("from", from_stage), ("to", to_stage)):
@@ -290,7 +294,21 @@ def run_pipeline(
         write_json_atomic(run_dir / STATE_FILE, state)
         records.append({**record, "status": "done", "seconds": seconds})
     _print_summary(records)
+    if report:
+        _write_report(run_dir)
     return records
+
+
+def _write_report(run_dir: Path) -> None:
+    """Refresh ``RUN_DIR/report/index.html`` (a failure here never loses the run's work)."""
+    from mipo_engine.report import write_report
+
+    try:
+        page = write_report(run_dir, run_dir / "report")
+    except Exception as error:  # the run itself succeeded; say why the page is missing
+        console.print(f"[yellow]report not written: {error}[/]")
+        return
+    console.print(f"report: {page}")
 
 
 def _print_summary(records: list[dict[str, Any]]) -> None:

@@ -412,12 +412,17 @@ def _load_snippet(repo_id: str, export_format: str) -> str:
     return "\n".join(lines)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _summary(chain: list[Step], total: int, splits: int) -> str:
     generate = find_step(chain, "generate")
     strategy = generate.config.get("strategy") if generate is not None else None
     how = STRATEGY_SENTENCES.get(str(strategy), "see the provenance table below")
     return (
-        f"{total} preference pairs in {splits} split(s), built without human labels by "
+        f"{_count(total, 'preference pair')} in {_count(splits, 'split')}, built without "
+        "human labels by "
         "mipo-engine following MIPO (mutual-information preference optimization): "
         f"{how}. Preferring the chosen response rewards answers that depend on their "
         "conditioning, i.e. a higher pointwise mutual information between the two."

@@ -185,9 +185,6 @@ class RunData:
         """The first artifact of ``stage`` in pipeline order, or None."""
         return next((a for a in self.artifacts if a.stage == stage), None)
 
-    def all(self, stage: str) -> list[Artifact]:
-        return [a for a in self.artifacts if a.stage == stage]
-
     @property
     def is_empty(self) -> bool:
         """True when nothing the report could show was found (this round and later ones)."""
@@ -256,9 +253,11 @@ def find_unfinished(root: Path) -> list[StageRow]:
             if not data.with_name(data.stem + ".manifest.json").is_file():
                 rows.append(StageRow(data.stem, "?", "incomplete", _relative(data, root)))
         for parts in sorted(folder.glob("*.parts")):
+            output = parts.with_name(parts.name[: -len(".parts")])
+            if output.with_name(output.stem + ".manifest.json").is_file():
+                continue  # complete; killed only before the journal was removed
             saved = _journal_rows(parts)
             note = f"about {saved} rows saved; rerun the same command to resume"
-            output = parts.with_name(parts.name[: -len(".parts")])
             rows.append(
                 StageRow(output.stem, "?", "interrupted", _relative(output, root), note=note)
             )
@@ -549,11 +548,15 @@ def _eval_label(artifact: Artifact) -> str:
     return stem.removeprefix("eval_").removeprefix("eval-") or stem
 
 
-def _baseline_first(artifact: Artifact) -> tuple[int, str]:
-    """Untrained models first (a label naming the base, or no adapter and no training)."""
-    label = _eval_label(artifact).lower()
-    looks_base = bool(re.search(r"base|before|pre|ref", label))
-    return (0 if looks_base else 1, artifact.started_at)
+_BASELINE_WORD = re.compile(r"(^|[_\-])(base|baseline|before|pre|ref|reference)($|[_\-])")
+
+
+def _baseline_first(artifact: Artifact) -> tuple[int, int, str]:
+    """Sort key putting the baseline first: a name with a word like ``base`` or ``before``
+    (``eval_base``), then evals without an adapter, then by start time."""
+    looks_base = _BASELINE_WORD.search(_eval_label(artifact).lower()) is not None
+    has_adapter = bool((artifact.manifest.get("config") or {}).get("adapter"))
+    return (0 if looks_base else 1, 1 if has_adapter else 0, artifact.started_at)
 
 
 def _summary_of(artifact: Artifact, problems: list[str]) -> dict[str, Any]:

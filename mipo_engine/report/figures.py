@@ -279,7 +279,9 @@ def eval_figure(groups: Sequence[EvalGroup]) -> bytes | None:
         labels, means, errors, colors = [], [], [[], []], []
         for position, row in enumerate(group.rows):
             value = row.summary.get(key)
-            if not isinstance(value, dict):
+            if not isinstance(value, dict) or not all(
+                isinstance(value.get(k), (int, float)) for k in ("mean", "low", "high")
+            ):
                 continue
             labels.append(row.label)
             means.append(value["mean"] * scale)

@@ -14,11 +14,19 @@ from __future__ import annotations
 import base64
 import html
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from mipo_engine.artifacts.manifest import redact
-from mipo_engine.report.collect import EvalGroup, EvalRow, RunData, StageRow, TrainingData
+from mipo_engine.report.collect import (
+    EvalGroup,
+    EvalRow,
+    PairStats,
+    RunData,
+    StageRow,
+    TrainingData,
+)
 from mipo_engine.report.figures import Figure, headline_metric
 from mipo_engine.resources import read_prompt
 
@@ -247,8 +255,8 @@ def displacement_verdict(training: TrainingData) -> tuple[str, str] | None:
         return (
             "warn",
             f"Likelihood displacement: by the last step the chosen log-prob is {change:+.2f} "
-            f"nats from {against}{tail}. The chosen responses became less likely even as the "
-            "margin grew (seeds 000, 001, 002); MIO and InfoPO are designed to prevent this.",
+            f"nats from {against}{tail}: the chosen responses became less likely (seeds 000, "
+            "001, 002). MIO and InfoPO are designed to keep the chosen log-prob from falling.",
         )
     return (
         "ok",
@@ -480,39 +488,50 @@ def judging_body(run: RunData) -> str:
 
 def diversity_body(run: RunData, figures: dict[str, Figure]) -> str:
     parts = []
-    pairs = run.pairs
-    if pairs is None:
+    if run.pairs is None:
         parts.append(
             _absent("No generations: pair diversity and PMI need mipo generate (and mipo score).")
         )
     else:
-        mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
-        rows = [
-            [
-                "self-BLEU-4 (lower = more diverse)",
-                fmt_number(pairs.self_bleu["chosen"]),
-                fmt_number(pairs.self_bleu["rejected"]),
-            ],
-            [
-                "distinct-2 (higher = more diverse)",
-                fmt_number(pairs.distinct_2["chosen"]),
-                fmt_number(pairs.distinct_2["rejected"]),
-            ],
-            [
-                "mean tokens",
-                fmt_number(mean(pairs.chosen_tokens), 1),
-                fmt_number(mean(pairs.rejected_tokens), 1),
-            ],
-            [
-                "finish reasons",
-                _t(_reasons(pairs.finish_reasons.get("chosen", {}))),
-                _t(_reasons(pairs.finish_reasons.get("rejected", {}))),
-            ],
-        ]
-        parts.append(f"<h3>Generated pairs ({fmt_number(pairs.pairs)})</h3>")
-        parts.append(_table(["", "chosen", "rejected"], rows, (1, 2)))
-        parts.append(_pmi_summary(pairs.pmi, pairs.ref_margin))
-    eval_rows = [
+        parts.append(f"<h3>Generated pairs ({fmt_number(run.pairs.pairs)})</h3>")
+        parts.append(_pair_diversity_table(run.pairs))
+        parts.append(_pmi_summary(run.pairs.pmi, run.pairs.ref_margin))
+    parts.append(_eval_diversity_table(run))
+    parts.append(
+        '<p class="small muted">Self-BLEU-4 scores each response against the others of its '
+        "set (Texygen; seed 004 Tables 3-4); distinct-2 is the share of unique word bigrams.</p>"
+    )
+    shown = "".join(_figure(figures.get(key)) for key in ("pmi", "lengths"))
+    return "".join(parts) + f'<div class="figs">{shown}</div>'
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _pair_diversity_table(pairs: PairStats) -> str:
+    """Diversity, length and finish reasons of the chosen and the rejected responses."""
+    rows = [
+        ["self-BLEU-4 (lower = more diverse)", pairs.self_bleu, 3],
+        ["distinct-2 (higher = more diverse)", pairs.distinct_2, 3],
+        [
+            "mean tokens",
+            {"chosen": _mean(pairs.chosen_tokens), "rejected": _mean(pairs.rejected_tokens)},
+            1,
+        ],
+    ]
+    cells = [
+        [_t(name), fmt_number(values["chosen"], digits), fmt_number(values["rejected"], digits)]
+        for name, values, digits in rows
+    ]
+    reasons = [_t(_reasons(pairs.finish_reasons.get(side, {}))) for side in ("chosen", "rejected")]
+    cells.append(["finish reasons", *reasons])
+    return _table(["", "chosen", "rejected"], cells, (1, 2))
+
+
+def _eval_diversity_table(run: RunData) -> str:
+    """Self-BLEU and PMI of the personalization eval outputs (before and after training)."""
+    rows = [
         [
             _t(group.task),
             _t(row.label),
@@ -524,27 +543,16 @@ def diversity_body(run: RunData, figures: dict[str, Figure]) -> str:
         for row in group.rows
         if group.kind == "personalization"
     ]
-    if eval_rows:
-        parts.append("<h3>Evaluated models</h3>")
-        parts.append(
-            _table(
-                [
-                    "task",
-                    "eval",
-                    "self-BLEU-4 across prompts",
-                    "self-BLEU-4 within prompt",
-                    "PMI [95% CI]",
-                ],
-                eval_rows,
-                (2, 3, 4),
-            )
-        )
-    parts.append(
-        '<p class="small muted">Self-BLEU-4 scores each response against the others of its '
-        "set (Texygen; seed 004 Tables 3-4); distinct-2 is the share of unique word bigrams.</p>"
-    )
-    shown = "".join(_figure(figures.get(key)) for key in ("pmi", "lengths"))
-    return "".join(parts) + f'<div class="figs">{shown}</div>'
+    if not rows:
+        return ""
+    header = [
+        "task",
+        "eval",
+        "self-BLEU-4 across prompts",
+        "self-BLEU-4 within prompt",
+        "PMI [95% CI]",
+    ]
+    return "<h3>Evaluated models</h3>" + _table(header, rows, (2, 3, 4))
 
 
 def _reasons(counts: dict[str, int]) -> str:
@@ -556,11 +564,10 @@ def _pmi_summary(pmi: list[float], margins: list[float]) -> str:
         return _absent("No reference scores: PMI needs mipo score.")
     facts = []
     if pmi:
-        ordered = sorted(pmi)
-        median = ordered[len(ordered) // 2]
         positive = sum(v > 0 for v in pmi) / len(pmi)
         facts.append(
-            f"PMI of chosen: mean {sum(pmi) / len(pmi):+.3f}, median {median:+.3f}, "
+            f"PMI of chosen: mean {statistics.fmean(pmi):+.3f}, "
+            f"median {statistics.median(pmi):+.3f}, "
             f"{100 * positive:.0f}% of {len(pmi)} pairs above 0"
         )
     if margins:
@@ -646,7 +653,9 @@ def _glance(runs: Sequence[RunData]) -> str:
     cards: list[tuple[str, str]] = []
 
     def where(run: RunData) -> str:
-        return f" ({run.label})" if len(runs) > 1 else ""
+        if len(runs) == 1:
+            return ""
+        return " (round 1)" if run is runs[0] else f" ({run.label})"
 
     generated = _latest(runs, lambda r: r.pairs is not None)
     if generated is not None and generated.pairs is not None:

@@ -137,10 +137,15 @@ def _complete(
     requests: list[GenerationRequest],
     sampling: SamplingConfig,
     choices: Sequence[str] | None,
+    json_schema: dict[str, Any] | None,
 ) -> list[Completion]:
-    """Generate, constrained to ``choices`` when the backend supports structured output."""
-    if choices is not None and hasattr(backend, "generate_structured"):
-        return backend.generate_structured(requests, sampling, choices=list(choices))
+    """Generate, constrained to ``choices`` or ``json_schema`` when the backend supports
+    structured output (the vLLM backends' ``generate_structured``); plainly otherwise."""
+    if hasattr(backend, "generate_structured"):
+        if choices is not None:
+            return backend.generate_structured(requests, sampling, choices=list(choices))
+        if json_schema is not None:
+            return backend.generate_structured(requests, sampling, json_schema=json_schema)
     return backend.generate(requests, sampling)
 
 
@@ -151,13 +156,15 @@ def ask_with_retries(
     policy: RetryPolicy,
     *,
     choices: Sequence[str] | None = None,
+    json_schema: dict[str, Any] | None = None,
 ) -> list[Reply[T]]:
     """Ask every query, then ask again only those whose reply ``parse`` rejected.
 
     ``parse`` returns the value or raises ValueError with the reason. Each attempt is one
     batched backend call over the still-failing queries; attempt ``a`` of query ``q`` uses
     seed ``derive_seed(policy.seed, q.key, a)``. After ``policy.max_attempts`` a reply keeps
-    ``value=None`` and the last reason in ``error``.
+    ``value=None`` and the last reason in ``error``. ``choices`` or ``json_schema``
+    constrain the reply on backends with structured output; ``parse`` still checks it.
     """
     replies: list[Reply[T]] = [Reply() for _ in queries]
     pending = list(range(len(queries)))
@@ -170,7 +177,8 @@ def ask_with_retries(
             )
             for i in pending
         ]
-        completions = _complete(backend, requests, policy.sampling_for(attempt), choices)
+        sampling = policy.sampling_for(attempt)
+        completions = _complete(backend, requests, sampling, choices, json_schema)
         failed = []
         for index, completion in zip(pending, completions, strict=True):
             reply = replies[index]
@@ -244,6 +252,8 @@ class ContextsConfig(StageConfig):
     temperature: float = Field(0.0, ge=0.0, description="first attempt (0 = greedy)")
     retry_temperature: float = Field(0.7, ge=0.0, description="attempts after the first")
     max_attempts: int = Field(3, ge=1, le=20)
+    structured: bool = True
+    """Constrain replies to a JSON object of strings when the backend supports it (vLLM)."""
     seed: int = 0
     batch_size: int = Field(8, ge=1)
     chunk_rows: int = Field(32, ge=1, description="rows per saved chunk (resume unit)")
@@ -345,6 +355,14 @@ def system_to_user_messages(preference: SystemPreference) -> list[Message]:
         description=preference.description,
     )
     return [{"role": "user", "content": content}]
+
+
+USER_CONTEXT_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": {"type": "string"},
+}
+"""Constrains a context reply to an object of strings on backends with structured output;
+key and value rules are still checked by ``validate_user_context``."""
 
 
 def parse_user_context(text: str) -> dict[str, str]:
@@ -515,7 +533,10 @@ def _infer(
     """Ask for every row's context; a system-to-user statement becomes a one-item context."""
     queries = [Query(row.source_id, row.messages) for row in rows]
     if config.mode == "preferences":
-        return ask_with_retries(backend, queries, parse_user_context, config.policy())
+        schema = USER_CONTEXT_JSON_SCHEMA if config.structured else None
+        return ask_with_retries(
+            backend, queries, parse_user_context, config.policy(), json_schema=schema
+        )
     statements = ask_with_retries(backend, queries, parse_user_statement, config.policy())
     return [
         Reply(

@@ -304,9 +304,9 @@ def _evaluate_personalization(
 
 
 def _backend_options(config: EvalConfig, *, with_adapter: bool) -> dict[str, object]:
-    options: dict[str, object] = {}
+    options: dict[str, object] = {"show_progress": False}  # the stage shows its own bar
     if config.backend == "hf":
-        options.update(batch_size=config.batch_size, show_progress=False)
+        options["batch_size"] = config.batch_size
     if with_adapter and config.adapter is not None:
         options["adapter"] = str(config.adapter)
     return options

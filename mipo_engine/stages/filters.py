@@ -2,8 +2,9 @@
 
 Filters run in a fixed order (``apply_filters``); each sees only the pairs the earlier ones
 kept, and the number it removes is recorded in the preferences manifest and dataset card.
-Everything is a polars expression or a vectorised numpy pass, never a Python loop over rows,
-so a 100,000-pair set filters in well under a second.
+Everything is a polars expression or a vectorised numpy pass, never a Python loop over rows:
+the simple filters cost far less than reading the data; the near-duplicate ones about as
+much.
 
 Near-duplicates come in two strengths:
 
@@ -309,19 +310,17 @@ def minhash_signatures(texts: pl.Series, *, num_perm: int = 32, seed: int = 0) -
     """MinHash signatures, shape (len(texts), num_perm), of each text's byte 8-gram set.
 
     Shingles are first thinned by consistent sampling (a shingle is kept in every text or in
-    none; ``_sampled_shingles``), which keeps Jaccard similarity in expectation and cuts the
-    work 8-fold. The
-    j-th signature entry is min over the text's sampled shingles of ``a_j * h + b_j`` (mod
-    2^64), a multiply-add family over already-mixed hashes. Texts left with no sampled
-    shingle (very short ones) get the hash of their whole text in every entry, so they only
-    ever match an identical text.
+    none; ``_sampled_shingles``): the Jaccard similarity of the samples estimates that of the
+    full sets, at an eighth of the work. The j-th signature entry is the minimum over the
+    text's sampled shingles of ``a_j * h + b_j`` (mod 2^64), a multiply-add family over
+    already-mixed hashes. Texts left with no sampled shingle (very short ones) get the hash of
+    their whole text in every entry, so they only ever match an identical text.
     """
     data, offsets = _text_buffer(texts)
     count = len(texts)
     rng = np.random.RandomState(seed)  # legacy generator: its stream is frozen across numpy
-    multipliers = rng.randint(0, 2**62, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(
-        1
-    )
+    odd = rng.randint(0, 2**62, size=num_perm, dtype=np.uint64)
+    multipliers = odd * np.uint64(2) + np.uint64(1)
     increments = rng.randint(0, 2**62, size=num_perm, dtype=np.uint64)
     signatures = np.full((count, num_perm), _U64_MAX, dtype=np.uint64)
     has_shingle = np.zeros(count, dtype=bool)

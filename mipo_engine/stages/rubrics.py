@@ -84,6 +84,8 @@ class RubricsConfig(StageConfig):
     temperature: float = Field(0.0, ge=0.0, description="first attempt (0 = greedy)")
     retry_temperature: float = Field(0.7, ge=0.0, description="attempts after the first")
     max_attempts: int = Field(3, ge=1, le=20)
+    structured: bool = True
+    """Constrain replies to the rubric's JSON layout when the backend supports it (vLLM)."""
     seed: int = 0
     batch_size: int = Field(8, ge=1)
     chunk_items: int = Field(32, ge=1, description="items per saved chunk (resume unit)")
@@ -175,6 +177,15 @@ def rubric_messages(item: str) -> list[Message]:
     return [{"role": "user", "content": render("rubric_generation.txt", preference=item)}]
 
 
+RUBRIC_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {field: {"type": "string", "minLength": 1} for field in RUBRIC_FIELDS},
+    "required": list(RUBRIC_FIELDS),
+    "additionalProperties": False,
+}
+"""Constrains a rubric reply on backends with structured output (vLLM)."""
+
+
 def parse_rubric(text: str) -> dict[str, str]:
     """The validated rubric in a reply; ValueError with the reason otherwise."""
     found = parse_json_object(text)
@@ -192,7 +203,8 @@ _JOURNAL_SCHEMA = {
 
 def _generated_rows(backend: Backend, plans: list[ItemPlan], config: RubricsConfig) -> list[dict]:
     queries = [Query(plan.id, rubric_messages(plan.item)) for plan in plans]
-    replies = ask_with_retries(backend, queries, parse_rubric, config.policy())
+    schema = RUBRIC_JSON_SCHEMA if config.structured else None
+    replies = ask_with_retries(backend, queries, parse_rubric, config.policy(), json_schema=schema)
     rows = []
     for plan, reply in zip(plans, replies, strict=True):
         fields = reply.value or {}

@@ -47,7 +47,7 @@ from mipo_engine.training.data import (
 )
 from mipo_engine.training.trainer import LossSettings
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths stay on one line
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"

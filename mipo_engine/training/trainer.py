@@ -279,7 +279,9 @@ def policy_sequence_logps(
     hidden = _final_hidden_states(model, input_ids, attention_mask)  # (R, T, H)
     predict_mask = response_mask[:, 1:]  # (R, T-1): position t-1 predicts token t
     rows, cols = predict_mask.nonzero(as_tuple=True)
-    states = hidden[:, :-1][rows, cols]  # (N, H)
+    # Under mixed precision the decoder runs in bf16 while fp32 master weights stay fp32:
+    # project in the head's dtype (the logits themselves are fp32 either way).
+    states = hidden[:, :-1][rows, cols].to(head.weight.dtype)  # (N, H)
     targets = input_ids[:, 1:][rows, cols]  # (N,)
     token_logps = linear_token_logps(
         states, head.weight, targets, chunk_size=chunk_size, softcap=softcap
@@ -524,8 +526,8 @@ class PreferenceTrainer(Trainer):
                 _unwrap(model), inputs["input_ids"], inputs["attention_mask"]
             )
         rows, cols = inputs["response_mask"][:, 1:].nonzero(as_tuple=True)
-        ref_states = ref_hidden[:, :-1][rows, cols]
         _, head, softcap = _causal_lm_parts(_unwrap(model))
+        ref_states = ref_hidden[:, :-1][rows, cols].to(head.weight.dtype)
         assert result.states is not None and result.rows is not None
         return response_kl(
             result.states,
@@ -659,9 +661,9 @@ class PreferenceTrainer(Trainer):
         for name, parameter in self.model.named_parameters():
             if parameter.requires_grad and not bool(torch.isfinite(parameter.detach()).all()):
                 raise TrainingDiverged(
-                    f"weight {name} is not finite after step {self.state.global_step} ({when}): "
-                    f"nothing was saved. Lower --learning-rate (now {self.args.learning_rate:g}) "
-                    "and rerun."
+                    f"weight {name} is not finite after step {self.state.global_step}, so the "
+                    f"{when} was not written (earlier checkpoints are kept). Lower "
+                    f"--learning-rate (now {self.args.learning_rate:g}) and rerun."
                 )
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:

