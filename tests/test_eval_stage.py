@@ -140,6 +140,37 @@ def test_personalization_metrics_match_direct_computation(
     assert row["pmi"] == pytest.approx(with_context.logp - without_context.logp, abs=1e-4)
 
 
+def test_pmi_with_adapter_is_measured_under_the_base_model(
+    tiny_model_dir: Path, tiny_backend: Any, tmp_path: Path
+) -> None:
+    """With --adapter the responses come from base + LoRA, but both log-probs of the PMI come
+    from the base model alone (seed 004's yardstick must not move with training)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mipo_engine.chat import build_messages
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    adapter = tmp_path / "adapter"
+    get_peft_model(model, lora).save_pretrained(adapter)
+    config = _config(
+        tiny_model_dir, tmp_path / "p.parquet", task="personalization", adapter=adapter, limit=2
+    )
+    row = read_artifact(run_eval(config), EVAL).row(0, named=True)
+    conditioned = tiny_backend.render(build_messages(row["prompt"], row["context"]))
+    marginal = tiny_backend.render(build_messages(row["prompt"], None))
+    base_with, base_without = tiny_backend.score([conditioned, marginal], [row["response"]] * 2)
+    assert row["logp_with_context"] == pytest.approx(base_with.logp, abs=1e-4)
+    assert row["logp_without_context"] == pytest.approx(base_without.logp, abs=1e-4)
+    # The adapter does change the log-probs, so the check above can tell the models apart.
+    from mipo_engine.backends.hf import HFBackend
+
+    adapted = HFBackend(str(tiny_model_dir), adapter=str(adapter), show_progress=False)
+    adapted_with = adapted.score([conditioned], [row["response"]])[0]
+    assert abs(adapted_with.logp - base_with.logp) > 1e-3
+
+
 # --------------------------------------------------------------------------------------------
 # Answer-letter entropy against an independent computation
 
@@ -442,6 +473,25 @@ def test_bad_prompts_file_names_row_and_field(tiny_model_dir: Path, tmp_path: Pa
     assert not (tmp_path / "e.parquet").exists()
 
 
+def test_cli_runs_an_eval_and_prints_its_table(
+    shared_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from mipo_engine.commands import eval as eval_command
+
+    app = typer.Typer()
+    app.command()(eval_command.command)
+    out = tmp_path / "svamp.parquet"
+    arguments = ["--task", "svamp", "--limit", "2", "--max-new-tokens", "4"]
+    arguments += ["--model", str(tiny_model_dir), "--out", str(out)]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "mipo eval: svamp" in result.output and "accuracy" in result.output
+    assert is_complete(out) and summary_path(out).is_file()
+
+
 def test_cli_bad_task_exits_with_code_2(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
@@ -488,7 +538,7 @@ def test_vllm_backend_runs_mcq_eval(
         "--out",
         str(out),
     ]
-    subprocess.run(command, check=True, timeout=900)
+    subprocess.run(command, check=True, timeout=1800)
     frame = read_artifact(out, EVAL)
     assert frame.height == 3 and frame["entropy"].null_count() == 0
     summary = json.loads(summary_path(out).read_text())

@@ -67,11 +67,14 @@ def data(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     return {"preferences": preferences, "scores": scores, "model": tiny_model_dir}
 
 
-def _train_args(data: dict[str, Path], output_dir: Path, *extra: str) -> list[str]:
+def _train_args(
+    data: dict[str, Path], output_dir: Path, *extra: str, with_scores: bool = True
+) -> list[str]:
+    scores = ["--scores", str(data["scores"])] if with_scores else []
     return [
         "train",
         "--preferences", str(data["preferences"]),
-        "--scores", str(data["scores"]),
+        *scores,
         "--model", str(data["model"]),
         "--output-dir", str(output_dir),
         "--max-length", "64",
@@ -95,13 +98,22 @@ def test_loss_names_in_the_cli_help_match_the_registry() -> None:
 def test_lora_run_writes_metrics_final_adapter_and_plot(
     data: dict[str, Path], tmp_path: Path
 ) -> None:
+    """Without --scores the reference is computed once, with the adapters disabled: it must
+    equal what `mipo score` gives for the base model."""
     out = tmp_path / "lora"
-    args = _train_args(data, out, "--loss", "mio", "--lora-r", "4", "--max-steps", "4")
+    args = _train_args(
+        data, out, "--loss", "mio", "--lora-r", "4", "--max-steps", "4", with_scores=False
+    )
     result = runner.invoke(app, [*args, "--logging-steps", "2", "--learning-rate", "1e-2"])
     assert result.exit_code == 0, result.output
 
+    computed = pl.read_parquet(out / "reference_scores.parquet")
+    scored = pl.read_parquet(data["scores"])
+    for column in ("ref_chosen_logps", "ref_rejected_logps"):
+        assert computed[column].to_list() == pytest.approx(scored[column].to_list(), abs=1e-4)
     records = _metrics(out)
     assert [r["step"] for r in records] == [1, 2, 4]  # first step, every 2nd, and the last
+    assert abs(records[0]["rewards/chosen"]) < 1e-3 and abs(records[0]["rewards/rejected"]) < 1e-3
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
                 "rewards/accuracies", "logps/chosen", "logps/rejected", "logps/chosen_shift"):  # fmt: skip
         assert all(isinstance(r[key], float) for r in records), key

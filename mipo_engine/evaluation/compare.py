@@ -157,8 +157,8 @@ def _columns(kind: str) -> list[tuple[str, Any]]:
         ]
         if kind == "mcq":
             columns += [
-                ("entropy | correct", lambda e: _entropy_cell(e, "correct")),
-                ("entropy | incorrect", lambda e: _entropy_cell(e, "incorrect")),
+                ("entropy (correct)", lambda e: _entropy_cell(e, "correct")),
+                ("entropy (incorrect)", lambda e: _entropy_cell(e, "incorrect")),
             ]
         return columns
     return [
@@ -219,7 +219,7 @@ def comparison_markdown(entries: Sequence[dict[str, Any]]) -> str:
     lines = [
         f"Task: {entries[0]['summary']['task']}; intervals are percentile-bootstrap 95%.",
         "",
-        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
     ]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]

@@ -359,6 +359,8 @@ def reference_scores(
 
 
 def training_arguments(config: TrainConfig, *, cuda: bool) -> Any:
+    """``TrainingArguments`` for ``config``: bf16 autocast on GPU, fp32 on CPU, seeded data
+    order, checkpoints every ``save_steps``, logs to our callbacks only."""
     import torch
     from transformers import TrainingArguments
 
@@ -404,6 +406,8 @@ def build_trainer(
     cuda: bool,
     callbacks: list[Any] | None = None,
 ) -> Any:
+    """The ``PreferenceTrainer`` with our callbacks (metrics file, rich progress bar, a log at
+    the last step) in place of Trainer's printing and tqdm bar."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from mipo_engine.training.metrics import (

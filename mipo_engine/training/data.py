@@ -28,7 +28,13 @@ import polars as pl
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from mipo_engine.artifacts.schemas import GENERATIONS, SCORES, ArtifactSchema, Column
+from mipo_engine.artifacts.schemas import (
+    GENERATIONS,
+    SCORES,
+    ArtifactSchema,
+    Column,
+    validate_frame,
+)
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.chat import Message
 from mipo_engine.errors import ConfigError, InputError
@@ -229,8 +235,6 @@ def _response_text(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
 
 
 def _validate_text(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
-    from mipo_engine.artifacts.schemas import validate_frame
-
     frame = validate_frame(frame, _PREFERENCE_TEXT, file=path)
     blank = frame["prompt"].str.strip_chars().str.len_chars() == 0
     if blank.any():

@@ -56,6 +56,11 @@ from mipo_engine.training.priors import get_prior
 
 console = Console(stderr=True)
 
+LOGPS_CHUNK_TOKENS = 256
+"""Response positions projected onto the vocabulary at once. For Gemma's 262k-token
+vocabulary one chunk's fp32 logits take 256 x 262k x 4 B = 268 MB, and the backward pass
+holds about three such buffers: small next to the weights, large enough for fast matmuls."""
+
 
 class TrainingDiverged(MipoError):
     """The loss or the weights stopped being finite; nothing broken was saved."""
@@ -270,7 +275,7 @@ def policy_sequence_logps(
     attention_mask: Tensor,
     response_mask: Tensor,
     *,
-    chunk_size: int = 1024,
+    chunk_size: int = LOGPS_CHUNK_TOKENS,
     keep_states: bool = False,
 ) -> SequenceLogps:
     """Summed log-probs of the masked response tokens of each row (as ``logps.sequence_logps``,
@@ -372,7 +377,7 @@ def compute_reference_scores(
     ids: Sequence[str],
     *,
     batch_size: int,
-    chunk_size: int = 1024,
+    chunk_size: int = LOGPS_CHUNK_TOKENS,
     show_progress: bool = True,
 ) -> pl.DataFrame:
     """A ``scores`` frame (``pmi_chosen`` null) with the reference log-probs of every pair.
@@ -458,7 +463,11 @@ class PreferenceTrainer(Trainer):
     """
 
     def __init__(
-        self, *args: Any, settings: LossSettings, chunk_size: int = 1024, **kwargs: Any
+        self,
+        *args: Any,
+        settings: LossSettings,
+        chunk_size: int = LOGPS_CHUNK_TOKENS,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.settings = settings
