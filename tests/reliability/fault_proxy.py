@@ -13,6 +13,9 @@ endpoints by default) it replaces a fraction of the answers by a fault:
   timeout, so the client has given up);
 - ``drop``: the connection is closed without any answer.
 
+``FakeOpenAIServer`` is a tiny deterministic upstream for tests that must run without a real
+model server: its answers are a function of the request's messages and sampling fields.
+
 Which request gets which fault is decided by a hash of (seed, request body, how many times
 that exact body was seen before), not by arrival order: the same rows meet the same faults
 whatever the concurrency, and a rerun continues each row's sequence. Every request is recorded
@@ -24,11 +27,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -287,3 +291,120 @@ def fault_proxy(upstream: str, **settings: Any) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny deterministic OpenAI-compatible upstream
+# ---------------------------------------------------------------------------------------------
+
+FAKE_MODEL = "fake-model"
+
+
+def fake_reply(body: dict[str, Any]) -> str:
+    """The fake server's answer: a function of the messages and sampling fields only, holding
+    a 1-5 score that a judge's parser reads (``Score: N.``)."""
+    key = json.dumps([body.get("messages"), body.get("seed"), body.get("temperature")])
+    value = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    return f"Score: {1 + value % 5}. Reply {value:08x}."
+
+
+@dataclass
+class FakeOpenAIServer:
+    """``/v1/models`` and ``/v1/chat/completions`` on 127.0.0.1, answering ``fake_reply``.
+
+    - ``api_key``: when set, a request without ``Authorization: Bearer <api_key>`` gets 401.
+    - ``echo_key_when``: requests it selects get a 400 whose message repeats the request's
+      Authorization header, as careless servers do: clients must not let it leak.
+    """
+
+    api_key: str | None = None
+    echo_key_when: Callable[[dict[str, Any]], bool] | None = None
+    model: str = FAKE_MODEL
+
+    def __post_init__(self) -> None:
+        self.requests = 0
+        self.authorized = 0
+        self.echoed = 0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> FakeOpenAIServer:
+        self._server = _Server(("127.0.0.1", 0), _fake_handler_for(self))
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start the server first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def count(self, authorized: bool, echoed: bool) -> None:
+        with self._lock:
+            self.requests += 1
+            self.authorized += authorized
+            self.echoed += echoed
+
+
+def _completion(body: dict[str, Any]) -> dict[str, Any]:
+    text = fake_reply(body)
+    return {
+        "id": "fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model"),
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": len(text.split()), "total_tokens": 9},
+    }
+
+
+def _fake_handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+        def do_GET(self) -> None:
+            model = {"id": server.model, "object": "model", "created": 0, "owned_by": "fake"}
+            self._json(200, {"object": "list", "data": [model]})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            authorization = self.headers.get("Authorization", "")
+            authorized = server.api_key is None or authorization == f"Bearer {server.api_key}"
+            echo = authorized and server.echo_key_when is not None and server.echo_key_when(body)
+            server.count(authorized, echo)
+            if not authorized:
+                self._json(401, {"error": {"message": "invalid api key", "type": "auth"}})
+            elif echo:
+                message = f"request refused for credentials '{authorization}'"
+                self._json(400, {"error": {"message": message, "type": "invalid_request"}})
+            elif self.path != "/v1/chat/completions":
+                self._json(404, {"error": {"message": f"no route {self.path}"}})
+            else:
+                self._json(200, _completion(body))
+
+        def _json(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler

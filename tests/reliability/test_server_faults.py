@@ -13,13 +13,10 @@ Everything listens on 127.0.0.1.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,14 @@ from mipo_engine.stages.generate import GenerateConfig, GenerationFailed, run_ge
 from mipo_engine.stages.ingest import IngestConfig, run_ingest
 from mipo_engine.stages.judge import JudgeConfig, run_judge
 from tests.helpers.vllm_server import VLLMServer, vllm_server  # noqa: F401 (a fixture)
-from tests.reliability.fault_proxy import FaultProxy, FaultRates, fault_proxy
+from tests.reliability.fault_proxy import (
+    FAKE_MODEL,
+    FakeOpenAIServer,
+    FaultProxy,
+    FaultRates,
+    fake_reply,
+    fault_proxy,
+)
 
 FAULT_RATE = 0.3
 MAX_RETRIES = 2
@@ -41,7 +45,6 @@ TIMEOUT_S = 1.0
 SLOW_S = 1.5
 """Slow answers come after SLOW_S > TIMEOUT_S: the client has given up by then."""
 PROXY_SEED = 1
-FAKE_MODEL = "fake-model"
 
 # How the backend names each injected fault in its stats (backends/openai.py classify_error).
 BACKEND_KIND = {
@@ -54,75 +57,10 @@ BACKEND_KIND = {
 }
 
 
-# ---------------------------------------------------------------------------------------------
-# A tiny deterministic OpenAI-compatible upstream
-# ---------------------------------------------------------------------------------------------
-
-
-def fake_reply(body: dict[str, Any]) -> str:
-    """The fake server's answer: a function of the messages and sampling fields only, with a
-    1-5 score a judge parser can read (``Score: N.``)."""
-    key = json.dumps([body.get("messages"), body.get("seed"), body.get("temperature")])
-    value = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-    return f"Score: {1 + value % 5}. Reply {value:08x}."
-
-
-class _FakeHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        models = {"object": "list", "data": [{"id": FAKE_MODEL, "object": "model", "created": 0,
-                                               "owned_by": "fake"}]}  # fmt: skip
-        self._json(200, models)
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path != "/v1/chat/completions":
-            self._json(404, {"error": {"message": f"no route {self.path}"}})
-            return
-        text = fake_reply(body)
-        self._json(
-            200,
-            {
-                "id": "fake",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5},
-            },
-        )
-
-    def _json(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHandler, bind_and_activate=False)
-    server.request_queue_size = 128  # many connections at once (see fault_proxy._Server)
-    server.server_bind()
-    server.server_activate()
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with FakeOpenAIServer() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +94,7 @@ def generate_config(
         model=model,
         base_url=base_url,
         max_new_tokens=8,
-        chunk_pairs=20,
+        chunk_pairs=40,
         seed=5,
         **extra,
     )
