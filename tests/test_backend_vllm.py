@@ -196,6 +196,22 @@ def test_completion_counts_tokens_like_the_hf_backend(bare_backend: VLLMBackend)
     assert "abort" in (aborted.error or "")
 
 
+@pytest.mark.parametrize(
+    ("constraint", "message"),
+    [
+        ({}, "exactly one of choices= or json_schema="),
+        ({"choices": ["a"], "json_schema": {}}, "exactly one of choices= or json_schema="),
+        ({"choices": []}, "non-empty list of non-empty strings"),
+        ({"choices": ["a", ""]}, "non-empty list of non-empty strings"),
+    ],
+)
+def test_structured_constraint_is_checked(
+    bare_backend: VLLMBackend, constraint: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        bare_backend.generate_structured([], SamplingConfig(), **constraint)
+
+
 @pytest.fixture(scope="module")
 def hf_scores() -> list[ScoreResult]:
     from mipo_engine.backends.hf import HFBackend

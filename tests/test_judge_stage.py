@@ -349,25 +349,29 @@ def test_verify_mode_checks_verifiable_items_without_a_model(tmp_path):
 
 
 def test_rubric_mode_compares_judge_and_checker_on_verifiable_items(tmp_path):
-    """v1 passes SHORT and gets 5 (agree); v2 fails it and gets 4 (judge says pass: disagree)."""
+    """v1 passes SHORT and gets 5 (agree); v2 fails it and gets 4 (judge says pass: disagree);
+    v3 gets no usable score (unscored, left out): agreement 1/2."""
     responses = write_responses(
         tmp_path / "resp.parquet",
         [
             {"id": "v1", "context_items": [SHORT], "response": "One. Two."},
             {"id": "v2", "context_items": [SHORT], "response": "One. Two. Three. Four."},
+            {"id": "v3", "context_items": [SHORT], "response": "Three."},
         ],
     )
     rubrics = write_rubrics(tmp_path / "r.parquet", [SHORT])
     table: dict[tuple[str, str], str | int] = {
         ("One. Two.", SHORT): 5,
         ("One. Two. Three. Four.", SHORT): 4,
+        ("Three.", SHORT): BAD,
     }
     out = run_judge(
-        _config(tmp_path, responses, rubrics=rubrics), backend=ScriptedBackend(table_script(table))
+        _config(tmp_path, responses, rubrics=rubrics, max_attempts=1),
+        backend=ScriptedBackend(table_script(table)),
     )
     agreement = json.loads(summary_path(out).read_text())["judge_vs_checker"]
     assert agreement == {
-        "items": 2, "threshold": 4.0, "agreement": 0.5,
+        "items": 2, "unscored": 1, "threshold": 4.0, "agreement": 0.5,
         "true_pass": 1, "true_fail": 0, "false_pass": 1, "false_fail": 0,
     }  # fmt: skip
 

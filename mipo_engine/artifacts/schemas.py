@@ -153,9 +153,12 @@ def validate_frame(
         try:
             cast = series.cast(column.dtype, strict=True)
         except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError):
-            cast = series.cast(column.dtype, strict=False)
-            bad = cast.is_null() & series.is_not_null()
-            row = _first_bad_row(bad) if bad.any() else None
+            try:
+                cast = series.cast(column.dtype, strict=False)
+                bad = cast.is_null() & series.is_not_null()
+                row = _first_bad_row(bad) if bad.any() else None
+            except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError):
+                row = None  # no value of this type converts (e.g. text where a list belongs)
             raise InputError(
                 f"expected {column.dtype}, got {series.dtype}",
                 file=file,

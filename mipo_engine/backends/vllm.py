@@ -164,12 +164,14 @@ class VLLMBackend(Backend):
         """Like ``generate``, with the text constrained to one of ``choices`` or to JSON that
         matches ``json_schema`` (vLLM structured outputs). The constraint ends the text, so the
         plain template's turn markers are not used as stop strings here."""
-        from vllm.sampling_params import StructuredOutputsParams
-
         if (choices is None) == (json_schema is None):
             raise ValueError("pass exactly one of choices= or json_schema=")
-        if choices is not None and not all(isinstance(c, str) and c for c in choices):
+        if choices is not None and (
+            not choices or not all(isinstance(c, str) and c for c in choices)
+        ):
             raise ValueError("choices must be a non-empty list of non-empty strings")
+        from vllm.sampling_params import StructuredOutputsParams
+
         if choices is not None:
             structured = StructuredOutputsParams(choice=list(choices))
         else:

@@ -33,8 +33,11 @@ def toy_mio(
         str | None, typer.Option(help="Comma-separated losses: dpo, mio, infopo (default dpo,mio).")
     ] = None,
 ) -> None:
-    """Seed 000 sec. 4.1 (Fig. 2): DPO drags chosen and rejected likelihoods down together
-    once the rejected probability is small; MIO does not."""
+    """Seed 000 sec. 4.1 (Fig. 2): the MIO toy model.
+
+    DPO drags chosen and rejected likelihoods down together once the rejected probability is
+    small; MIO does not.
+    """
 
     def run() -> Path:
         from mipo_engine.lab import run_toy_mio
@@ -67,8 +70,11 @@ def did_synthetic(
         ),
     ] = True,
 ) -> None:
-    """Seed 002 sec. 3.5 (App. J.1): DPO drives JS(pi*, pi) toward 0 on K=32 softmax
-    policies and beats SLiC, ORPO and SimPO on it."""
+    """Seed 002 sec. 3.5 (App. J.1): the DID softmax-policy experiment.
+
+    DPO drives JS(pi*, pi) toward 0 on K=32 softmax policies and beats SLiC, ORPO and SimPO
+    on it.
+    """
 
     def run() -> Path:
         from mipo_engine.lab import DidSyntheticSettings, run_did_synthetic

@@ -318,7 +318,6 @@ class _Backends:
 
     policy: Backend
     base: Backend | None
-    owned: list[Backend]
 
 
 @contextmanager
@@ -343,7 +342,7 @@ def _open_backends(
                     config.backend, config.model, **_backend_options(config, with_adapter=False)
                 )
                 owned.append(base)
-        yield _Backends(policy, base, owned)
+        yield _Backends(policy, base)
     finally:
         for backend in owned:
             backend.close()

@@ -26,7 +26,13 @@ from mipo_engine.backends.base import (
     create_backend,
 )
 from mipo_engine.errors import MipoError
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
+from mipo_engine.models import resolve_model
+from mipo_engine.stages.common import (
+    StageConfig,
+    StageRun,
+    check_output_path,
+    require_columns_non_empty,
+)
 from mipo_engine.strategies import PairPlan, plan_pairs
 
 console = Console(stderr=True)
@@ -110,6 +116,9 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
     """Generate the pairs of ``config.prompts`` into ``config.out``; return the output path."""
     output = check_output_path(config.out, config.prompts)
     prompts = read_artifact(config.prompts, PROMPTS)
+    require_columns_non_empty(prompts, ["prompt"], config.prompts)
+    if config.backend != "openai" and backend is None:
+        resolve_model(config.model)  # a bad model path fails before anything is written
     # Negatives are drawn from the whole file even when --limit keeps only the first rows.
     plans = plan_pairs(
         prompts.to_dicts(),

@@ -562,20 +562,22 @@ def adherence_summary(judgments: pl.DataFrame) -> dict[str, Any] | None:
 
 
 def checker_agreement(judgments: pl.DataFrame) -> dict[str, Any] | None:
-    """How often "judge score >= 4" agrees with the checker on verifiable items."""
-    both = judgments.filter(
-        pl.col("passed").is_not_null()
-        & pl.col("score").is_not_null()
-        & (pl.col("mode") != "verify")
-    )
-    if both.height == 0:
+    """How often "judge score >= 4" agrees with the checker on verifiable items.
+
+    ``items`` counts verifiable items the judge scored; ``unscored`` those it gave no usable
+    score (left out of the agreement, which is None when nothing was scored).
+    """
+    verifiable = judgments.filter(pl.col("passed").is_not_null() & (pl.col("mode") != "verify"))
+    if verifiable.height == 0:
         return None
+    both = verifiable.filter(pl.col("score").is_not_null())
     says_pass = both["score"] >= AGREEMENT_THRESHOLD
     passed = both["passed"]
     return {
         "items": both.height,
+        "unscored": verifiable.height - both.height,
         "threshold": AGREEMENT_THRESHOLD,
-        "agreement": round(float((says_pass == passed).mean()), 4),
+        "agreement": round(float((says_pass == passed).mean()), 4) if both.height else None,
         "true_pass": int((says_pass & passed).sum()),
         "true_fail": int((~says_pass & ~passed).sum()),
         "false_pass": int((says_pass & ~passed).sum()),
@@ -627,7 +629,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
             console.print(f"    {task}: {fmt(entry['win_rate'])} over {entry['pairs']} pairs")
     if adherence := summary["adherence"]:
         console.print(f"  verifiable adherence: {fmt(adherence['rate'])} of {adherence['checked']}")
-    if agreement := summary["judge_vs_checker"]:
+    if (agreement := summary["judge_vs_checker"]) and agreement["items"]:
         console.print(
             f"  judge (score >= 4) agrees with checker on {fmt(agreement['agreement'])} "
             f"of {agreement['items']} verifiable items"

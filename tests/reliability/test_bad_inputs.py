@@ -278,16 +278,11 @@ CASES: tuple[Case, ...] = (
     Case("generate-whitespace-prompt", "generate", "a whitespace-only prompt in row 3",
          lambda ws: _generate(ws, ws.parquet("prompts.parquet",
                                              with_value(prompts_frame(), "prompt", 3, "  "))),
-         ("prompts.parquet", "row 3", "field 'prompt'"),
-         known_bug="generated from anyway: stages/generate.py run_generate() does not call "
-                   "require_columns_non_empty(prompts, ['prompt'], ...) on its input"),
+         ("prompts.parquet", "row 3", "field 'prompt'")),
     Case("generate-wrong-type", "generate", "`context_items` holding text instead of a list",
          lambda ws: _generate(ws, ws.parquet("prompts.parquet", prompts_frame().with_columns(
              pl.lit("Keep it short.").alias("context_items")))),
-         ("prompts.parquet", "field 'context_items'"),
-         known_bug="uncaught polars InvalidOperationError (traceback, exit 1): "
-                   "artifacts/schemas.py validate_frame() retries a failed strict cast with "
-                   "strict=False, which raises too for casts polars cannot do (text to list)"),
+         ("prompts.parquet", "field 'context_items'")),
     Case("generate-duplicate-id", "generate", "row 2 repeats the id of row 1",
          lambda ws: _generate(ws, ws.parquet("prompts.parquet",
                                              with_value(prompts_frame(), "id", 2, "p1"))),
@@ -302,11 +297,7 @@ CASES: tuple[Case, ...] = (
     Case("generate-missing-model", "generate", "`--model` pointing at a folder that does not exist",
          lambda ws: [*_generate(ws, ws.parquet("prompts.parquet", prompts_frame()))[:-4],
                      "--model", str(ws.inputs / "no-such-model")],
-         ("'model'", "no-such-model"),
-         known_bug="refused with \"config key 'model': model path ... does not exist\" but "
-                   "leaves <out>.parts/journal.json behind: stages/generate.py opens the journal "
-                   "(artifacts/journal.py RowJournal makes its folder at once) before the backend "
-                   "loads the model"),
+         ("'model'", "no-such-model")),
     Case("generate-output-not-parquet", "generate", "`--out` that is not a .parquet file",
          lambda ws: ["generate", "--prompts", ws.parquet("prompts.parquet", prompts_frame()),
                      "--out", ws.out("generations.csv"), "--model", str(ws.model)],

@@ -550,10 +550,12 @@ def _judge_args(generations: Path, out: Path, model: Path | None) -> list[str]:
     args = ["judge", "--responses", str(generations), "--out", str(out)]
     if model is None:
         return [*args, "--mode", "verify", "--chunk-items", "2"]
+    # The first 100 pairs: 200 judged responses (the judge prompt is long, so this is the
+    # slowest stage of the harness).
     return [
-        *args, "--mode", "rlaif", "--backend", "hf", "--model", str(model),
+        *args, "--mode", "rlaif", "--backend", "hf", "--model", str(model), "--limit", "100",
         "--max-new-tokens", "4", "--max-attempts", "2", "--seed", "3",
-        "--chunk-items", "8", "--batch-size", "8",
+        "--chunk-items", "4", "--batch-size", "8",
     ]  # fmt: skip
 
 

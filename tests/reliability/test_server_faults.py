@@ -144,6 +144,11 @@ def run_until_complete(
             assert "rerun the same command" in str(error)
             assert not is_complete(config.out) and not config.out.exists()
         faults_per_run.append(proxy.faults())
+        requests = len(proxy.completion_records())
+        print(
+            f"\n[server-faults] run {len(faults_per_run)}: {requests} completion requests, "
+            f"{sum(faults_per_run[-1].values())} faulted {dict(faults_per_run[-1])}"
+        )
         _assert_bounded(proxy)
         if failed is not None:
             asked = len(proxy.requests_per_key())
@@ -151,6 +156,7 @@ def run_until_complete(
         if is_complete(config.out):
             return faults_per_run
         still_failed = planned - _journal_ids(config.out)
+        print(f"[server-faults] {len(still_failed)} of {len(planned)} pairs failed after retries")
         assert still_failed, "the run failed although every pair is in the journal"
         assert failed is None or still_failed <= failed, "a done pair was lost"
         failed = still_failed
