@@ -126,7 +126,6 @@ def _mipo(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
-@pytest.mark.slow
 def test_planted_keys_reach_no_file_log_card_report_or_error(
     judge_server: FakeOpenAIServer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
