@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mipo_engine.artifacts.journal import RowJournal
@@ -74,8 +75,14 @@ class StageRun:
             return False
         return read_manifest(self.output).get("fingerprint") == self.fingerprint
 
-    def journal(self, key: str = "id") -> RowJournal:
-        return RowJournal(self.output, self.fingerprint, key=key)
+    def journal(self, key: str = "id", *, reuse_output: bool = False) -> RowJournal:
+        """The run's row journal. ``reuse_output``: when no parts exist yet but the output
+        is complete and made with these settings and inputs, its rows count as done, so a
+        rerun (after ``--allow-failures``, say) works only on the rows it lacks."""
+        journal = RowJournal(self.output, self.fingerprint, key=key)
+        if reuse_output and not journal.parts() and self.up_to_date():
+            journal.append(pl.read_parquet(self.output))
+        return journal
 
     def write(
         self,

@@ -131,7 +131,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
         kept = set(prompts["id"].head(config.limit).to_list())
         plans = [plan for plan in plans if plan.prompt_id in kept]
     run = StageRun("generate", output, config.identity(), {"prompts": config.prompts})
-    journal = run.journal()
+    journal = run.journal(reuse_output=True)  # failed pairs are not in the output
     done = journal.done_ids()
     todo = [p for p in plans if p.id not in done]
     if done:

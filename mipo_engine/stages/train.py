@@ -146,19 +146,32 @@ class TrainConfig(StageConfig):
 # --------------------------------------------------------------------------------------------
 
 
+def _checkpoint_complete(path: Path) -> bool:
+    """True when the trainer state, the last file a save writes, is there and whole.
+
+    transformers writes ``trainer_state.json`` in place, so a kill during that write leaves
+    a truncated file: only a state that parses counts.
+    """
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
 def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Checkpoint folders whose trainer state was written (the last file a save writes)."""
+    """Checkpoint folders whose save finished (see ``_checkpoint_complete``), oldest first."""
     found = []
     for path in output_dir.glob("checkpoint-*"):
         suffix = path.name.split("-", 1)[1]
-        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+        if suffix.isdigit() and _checkpoint_complete(path):
             found.append(path)
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
 
 
 def _remove_incomplete_checkpoints(output_dir: Path) -> None:
     for path in output_dir.glob("checkpoint-*"):
-        if path.is_dir() and not (path / "trainer_state.json").is_file():
+        if path.is_dir() and not _checkpoint_complete(path):
             console.print(f"[yellow]Removing incomplete checkpoint {path} (killed mid-save).[/]")
             shutil.rmtree(path)
 

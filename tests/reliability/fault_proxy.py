@@ -13,13 +13,13 @@ endpoints by default) it replaces a fraction of the answers by a fault:
   timeout, so the client has given up);
 - ``drop``: the connection is closed without any answer.
 
-``FakeOpenAIServer`` is a tiny deterministic upstream for tests that must run without a real
-model server: its answers are a function of the request's messages and sampling fields.
-
 Which request gets which fault is decided by a hash of (seed, request body, how many times
 that exact body was seen before), not by arrival order: the same rows meet the same faults
 whatever the concurrency, and a rerun continues each row's sequence. Every request is recorded
 (``records``), so a test can count requests per row, retries and faults by kind.
+
+``FakeOpenAIServer`` is a tiny deterministic upstream for tests that must run without a real
+model server: its answers are a function of the request's messages and sampling fields.
 """
 
 from __future__ import annotations

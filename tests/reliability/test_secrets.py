@@ -168,6 +168,12 @@ def test_planted_keys_reach_no_file_log_card_report_or_error(
     assert scan_files(tmp_path) == {}
     for result in outputs:
         assert leaks(result.stdout) == [] and leaks(result.stderr) == [], result.args
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    print(
+        f"\n[secrets] {len(files)} files ({size / 1e6:.1f} MB) and {len(outputs)} commands' "
+        f"output scanned: 0 leaks; {judge_server.echoed} server errors echoed the key"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

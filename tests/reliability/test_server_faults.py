@@ -310,12 +310,6 @@ def test_allow_failures_lists_each_failed_row_with_its_reason_and_counts_retries
     _assert_bounded(proxy)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stages/generate.py run_generate(): after --allow-failures wrote the artifact (and "
-    "removed the journal), rerunning the same command regenerates every pair instead of only "
-    "the failed ones",
-)
 def test_rerun_after_allow_failures_asks_only_for_the_failed_rows(
     prompts: Path, upstream: str, reference: Path, tmp_path: Path
 ) -> None:

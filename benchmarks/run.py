@@ -1,0 +1,409 @@
+"""Side-by-side benchmarks of mipo-engine against the tools users would otherwise pick.
+
+    python benchmarks/run.py --suite train|score|generate|export|all [--quick]
+                             [--device cpu|cuda] [--model M] [--reps N]
+
+Every comparison runs ours and the baseline on the same machine, model, data, batch and
+maximum length, alternating, each at least ``--reps`` times after a warm-up (one warm-up
+step per training process; one untimed call per side for generation and export). The run
+ends by printing one JSON object per comparison on its own line:
+
+    {"name", "metric", "ours", "baseline", "ratio", "device", "model", "settings"}
+
+``ratio`` is ours/baseline for throughput and baseline/ours for memory and seconds, so
+higher is better for every line. ``--quick`` swaps in a tiny random model and small
+settings: it checks that the suites run end to end, and its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.pairs import PairShape, make_pairs, pair_tokens, write_pairs  # noqa: E402
+
+SUITES = ("export", "score", "train", "generate")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one run (full or ``--quick``)."""
+
+    train_shape: PairShape
+    batch_size: int
+    max_length: int
+    train_steps: int  # per process, the first of which is the warm-up
+    score_shape: PairShape
+    gen_prompts: int
+    gen_tokens: int
+    export_pairs: int
+    reps: int
+    gradient_checkpointing: bool = False
+
+
+FULL = Settings(
+    train_shape=PairShape(pairs=16, prompt_tokens=128, response_tokens=128),
+    batch_size=2,
+    max_length=512,
+    train_steps=4,
+    score_shape=PairShape(pairs=32, prompt_tokens=128, response_tokens=128),
+    gen_prompts=32,
+    gen_tokens=64,
+    export_pairs=100_000,
+    reps=3,
+)
+QUICK = Settings(
+    train_shape=PairShape(pairs=8, prompt_tokens=24, response_tokens=16),
+    batch_size=2,
+    max_length=128,
+    train_steps=2,
+    score_shape=PairShape(pairs=8, prompt_tokens=24, response_tokens=16),
+    gen_prompts=4,
+    gen_tokens=8,
+    export_pairs=2_000,
+    reps=1,
+)
+
+
+@dataclass
+class Context:
+    """What the suites share: paths, device, model and the tokenizer used to count tokens."""
+
+    settings: Settings
+    device: str
+    model: str
+    model_label: str
+    workdir: Path
+    quick: bool
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    _tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model)
+        return self._tokenizer
+
+    def record(
+        self,
+        name: str,
+        metric: str,
+        ours: float,
+        baseline: float,
+        *,
+        higher_is_better: bool,
+        settings: dict[str, Any],
+    ) -> None:
+        ratio = ours / baseline if higher_is_better else baseline / ours
+        self.lines.append(
+            {
+                "name": name,
+                "metric": metric,
+                "ours": round(ours, 4),
+                "baseline": round(baseline, 4),
+                "ratio": round(ratio, 3),
+                "device": self.device,
+                "model": self.model_label,
+                "settings": settings,
+            }
+        )
+        log(f"{name}: ours {ours:.4g} vs baseline {baseline:.4g} {metric} -> ratio {ratio:.3f}")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_job(job: dict[str, Any], context: Context) -> dict[str, Any]:
+    """Run one measurement in a fresh process; its last line starting RESULT is the answer."""
+    log(f"running {job['job']} {job.get('impl', '')}".rstrip())
+    job = {"device": context.device, "model": context.model, **job}
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "workers.py"), json.dumps(job)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    results = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    if completed.returncode != 0 or not results:
+        sys.stderr.write(completed.stderr[-4000:])
+        raise SystemExit(f"benchmark job {job['job']} failed (exit {completed.returncode})")
+    return json.loads(results[-1][len("RESULT ") :])
+
+
+# ---------------------------------------------------------------------------------------------
+# Suites
+# ---------------------------------------------------------------------------------------------
+
+
+def _pairs_file(context: Context, shape: PairShape, name: str) -> tuple[Path, int]:
+    pairs = make_pairs(context.tokenizer, shape)
+    path = write_pairs(pairs, context.workdir / f"{name}.parquet")
+    return path, pair_tokens(context.tokenizer, pairs, context.settings.max_length)
+
+
+def _score_job(context: Context, impl: str, data: Path, out: Path) -> dict[str, Any]:
+    return run_job(
+        {
+            "job": f"score_{impl}",
+            "data": str(data),
+            "out": str(out),
+            "batch_size": context.settings.batch_size,
+            "max_length": context.settings.max_length,
+            "workdir": str(context.workdir / f"score-{impl}"),
+        },
+        context,
+    )
+
+
+def suite_score(context: Context) -> None:
+    s = context.settings
+    data, tokens = _pairs_file(context, s.score_shape, "score-pairs")
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
+    for rep in range(s.reps):
+        for impl in runs:
+            out = context.workdir / f"scores-{impl}-{rep}.parquet"
+            runs[impl].append(_score_job(context, impl, data, out))
+    throughput = {
+        impl: statistics.median(tokens / r["seconds"] for r in results)
+        for impl, results in runs.items()
+    }
+    context.record(
+        "score_throughput",
+        "tokens/s",
+        throughput["ours"],
+        throughput["trl"],
+        higher_is_better=True,
+        settings={
+            "pairs": s.score_shape.pairs,
+            "tokens": tokens,
+            "pairs_per_batch": s.batch_size,
+            "max_length": s.max_length,
+            "baseline": "trl DPOTrainer._precompute_ref_logps (precompute_ref_log_probs=True)",
+            "ours": "mipo score --no-pmi, hf backend",
+            "reps": s.reps,
+        },
+    )
+
+
+def suite_train(context: Context) -> None:
+    s = context.settings
+    data, tokens = _pairs_file(context, s.train_shape, "train-pairs")
+    scores = context.workdir / "train-scores.parquet"
+    _score_job(context, "ours", data, scores)  # mipo score: the reference for our trainer
+    tokens_per_step = tokens / s.train_shape.pairs * s.batch_size
+    impls = ("ours", "trl", "trl_precomputed")
+    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    for rep in range(s.reps):
+        for impl in impls:
+            job = {
+                "job": "train_ours" if impl == "ours" else "train_trl",
+                "impl": impl,
+                "data": str(data),
+                "scores": str(scores),
+                "batch_size": s.batch_size,
+                "max_length": s.max_length,
+                "steps": s.train_steps,
+                "gradient_checkpointing": s.gradient_checkpointing,
+                "workdir": str(context.workdir / f"train-{impl}-{rep}"),
+            }
+            runs[impl].append(run_job(job, context))
+
+    def tokens_per_second(result: dict[str, Any]) -> float:
+        timed = result["step_seconds"][1:]  # the first step is the warm-up
+        return tokens_per_step / statistics.median(timed)
+
+    throughput = {i: statistics.median(map(tokens_per_second, runs[i])) for i in impls}
+    memory = {i: statistics.median(r["peak_mib"] for r in runs[i]) for i in impls}
+    settings = {
+        "pairs_per_step": s.batch_size,
+        "tokens_per_step": round(tokens_per_step),
+        "prompt_tokens": s.train_shape.prompt_tokens,
+        "response_tokens": s.train_shape.response_tokens,
+        "max_length": s.max_length,
+        "timed_steps_per_process": s.train_steps - 1,
+        "reps": s.reps,
+        "gradient_checkpointing": s.gradient_checkpointing,
+        "full_fine_tune": True,
+        "ours": "mipo train --loss dpo --scores (from mipo score)",
+    }
+    memory_metric = "peak GPU MiB" if context.device == "cuda" else "peak RSS MiB"
+    context.record(
+        "train_throughput",
+        "tokens/s",
+        throughput["ours"],
+        throughput["trl"],
+        higher_is_better=True,
+        settings={**settings, "baseline": "trl DPOTrainer sigmoid, reference model"},
+    )
+    context.record(
+        "train_memory",
+        memory_metric,
+        memory["ours"],
+        memory["trl"],
+        higher_is_better=False,
+        settings={**settings, "baseline": "trl DPOTrainer sigmoid, reference model"},
+    )
+    context.record(
+        "train_throughput_vs_precomputed",
+        "tokens/s",
+        throughput["ours"],
+        throughput["trl_precomputed"],
+        higher_is_better=True,
+        settings={**settings, "baseline": "trl DPOTrainer sigmoid, precompute_ref_log_probs"},
+    )
+    context.record(
+        "train_memory_vs_precomputed",
+        memory_metric,
+        memory["ours"],
+        memory["trl_precomputed"],
+        higher_is_better=False,
+        settings={**settings, "baseline": "trl DPOTrainer sigmoid, precompute_ref_log_probs"},
+    )
+
+
+def suite_generate(context: Context) -> None:
+    s = context.settings
+    common = {
+        "prompts": s.gen_prompts,
+        "max_new_tokens": s.gen_tokens,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "reps": s.reps,
+    }
+    result = run_job({"job": "generate_hf", **common}, context)
+    context.record(
+        "generate_hf",
+        "new tokens/s",
+        statistics.median(result["ours_tps"]),
+        statistics.median(result["baseline_tps"]),
+        higher_is_better=True,
+        settings={**common, "baseline": "model.generate, one prompt at a time"},
+    )
+    if context.quick:
+        return  # the vLLM engine takes minutes to start: not part of the smoke run
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        log("generate_vllm skipped: vllm is not installed")
+        return
+    result = run_job({"job": "generate_vllm", **common}, context)
+    context.record(
+        "generate_vllm",
+        "new tokens/s",
+        statistics.median(result["ours_tps"]),
+        statistics.median(result["baseline_tps"]),
+        higher_is_better=True,
+        settings={**common, "baseline": "vllm.LLM.generate, identical requests, same engine"},
+    )
+
+
+EXPORT_BUDGET_SECONDS = 3.0
+
+
+def suite_export(context: Context) -> None:
+    s = context.settings
+    result = run_job(
+        {
+            "job": "export",
+            "pairs": s.export_pairs,
+            "reps": max(s.reps, 1),
+            "workdir": str(context.workdir / "export"),
+        },
+        context,
+    )
+    context.record(
+        f"export_{s.export_pairs // 1000}k",
+        "seconds",
+        statistics.median(result["seconds"]),
+        EXPORT_BUDGET_SECONDS,
+        higher_is_better=False,
+        settings={
+            "pairs": s.export_pairs,
+            "filters": "defaults (empty, identical, exact duplicates)",
+            "format": "trl",
+            "baseline": f"the {EXPORT_BUDGET_SECONDS:g} s budget",
+            "reps": max(s.reps, 1),
+        },
+    )
+
+
+SUITE_FUNCTIONS = {
+    "export": suite_export,
+    "score": suite_score,
+    "train": suite_train,
+    "generate": suite_generate,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", choices=(*SUITES, "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="tiny model, small sizes")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--model", default=None, help="default: Gemma 3 270M (tiny if --quick)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per side")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary one")
+    parser.add_argument("--json-out", type=Path, default=None, help="also append lines here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    if args.reps is not None:
+        if args.reps < 1:
+            raise SystemExit("--reps must be >= 1")
+        settings = Settings(**{**settings.__dict__, "reps": args.reps})
+    with tempfile.TemporaryDirectory(prefix="mipo-bench-") as scratch:
+        workdir = args.workdir or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        model, label = resolve_benchmark_model(args, workdir)
+        context = Context(settings, args.device, model, label, workdir, args.quick)
+        suites = SUITES if args.suite == "all" else (args.suite,)
+        for suite in suites:
+            SUITE_FUNCTIONS[suite](context)
+    lines = [json.dumps(line) for line in context.lines]
+    if args.json_out is not None:
+        with args.json_out.open("a", encoding="utf-8") as handle:
+            handle.writelines(line + "\n" for line in lines)
+    for line in lines:
+        print(line)
+    return 0
+
+
+def resolve_benchmark_model(args: argparse.Namespace, workdir: Path) -> tuple[str, str]:
+    """(path, label): ``--model``, else a tiny random model for ``--quick``, else Gemma."""
+    if args.model is not None:
+        from mipo_engine.models import resolve_model
+
+        return resolve_model(args.model), args.model
+    if args.quick:
+        from mipo_engine.testing import make_tiny_model
+
+        return str(make_tiny_model(workdir / "tiny-model")), "tiny-random-llama"
+    from mipo_engine.models import resolve_model
+
+    return resolve_model(None), "gemma-3-270m"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,371 @@
+"""One measurement per process: ``python benchmarks/workers.py JOB_JSON`` prints one JSON line.
+
+A fresh process per training or scoring measurement means each one's peak memory is its
+own (RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU) and nothing warmed by the
+other side carries over. Generation and export compare both sides inside one process,
+alternating, because they share the loaded model (or the input file) by design.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def peak_memory_mib(device: str) -> float:
+    """Peak memory of this process: GPU allocations on CUDA, resident set size on CPU."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+class StepTimer:
+    """A ``TrainerCallback`` recording each optimizer step's wall time."""
+
+    def __init__(self, device: str) -> None:
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _Callback(TrainerCallback):  # type: ignore[misc]
+            def on_step_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+                _sync(timer.device)
+                timer._started = time.perf_counter()
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+                _sync(timer.device)
+                timer.seconds.append(time.perf_counter() - timer._started)
+
+        self.device = device
+        self.seconds: list[float] = []
+        self._started = 0.0
+        self.callback = _Callback()
+
+
+def _load_policy(model: str, device: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    return policy.to(device), tokenizer
+
+
+def _trl_dataset(path: str) -> Any:
+    import polars as pl
+    from datasets import Dataset
+
+    frame = pl.read_parquet(path).select("prompt", "chosen", "rejected")
+    return Dataset.from_dict(frame.to_dict(as_series=False))
+
+
+def _trl_config(job: dict[str, Any], *, precompute: bool) -> Any:
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=str(Path(job["workdir"]) / "trl"),
+        per_device_train_batch_size=job["batch_size"],
+        max_length=job["max_length"],
+        max_steps=job.get("steps", 1),
+        learning_rate=5e-6,
+        beta=0.1,
+        loss_type=["sigmoid"],
+        precompute_ref_log_probs=precompute,
+        gradient_checkpointing=job.get("gradient_checkpointing", False),
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=job["device"] == "cpu",
+        bf16=job["device"] == "cuda",
+        seed=0,
+        dataloader_num_workers=0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------------------------
+
+
+def train_ours(job: dict[str, Any]) -> dict[str, Any]:
+    """``mipo train --loss dpo`` (full fine-tune) with reference log-probs from ``mipo score``."""
+    from mipo_engine.stages.train import TrainConfig, run_train
+
+    timer = StepTimer(job["device"])
+    config = TrainConfig(
+        preferences=Path(job["data"]),
+        scores=Path(job["scores"]),
+        output_dir=Path(job["workdir"]) / "ours",
+        model=job["model"],
+        loss="dpo",
+        beta=0.1,
+        learning_rate=5e-6,
+        per_device_batch_size=job["batch_size"],
+        max_steps=job.get("steps", 1),
+        max_length=job["max_length"],
+        gradient_checkpointing=job.get("gradient_checkpointing", False),
+        logging_steps=10**6,
+        save_steps=10**6,
+        resume=False,
+        device=job["device"],
+        show_progress=False,
+    )
+    run_train(config, callbacks=[timer.callback])
+    return {"step_seconds": timer.seconds, "peak_mib": peak_memory_mib(job["device"])}
+
+
+def train_trl(job: dict[str, Any]) -> dict[str, Any]:
+    """TRL ``DPOTrainer`` (sigmoid loss); the reference is TRL's default unless precomputed."""
+    from trl import DPOTrainer
+
+    precompute = job["impl"] == "trl_precomputed"
+    policy, tokenizer = _load_policy(job["model"], job["device"])
+    timer = StepTimer(job["device"])
+    trainer = DPOTrainer(
+        model=policy,
+        args=_trl_config(job, precompute=precompute),
+        train_dataset=_trl_dataset(job["data"]),
+        processing_class=tokenizer,
+        callbacks=[timer.callback],
+    )
+    trainer.train()
+    return {"step_seconds": timer.seconds, "peak_mib": peak_memory_mib(job["device"])}
+
+
+def score_ours(job: dict[str, Any]) -> dict[str, Any]:
+    """``mipo score --no-pmi`` (chosen and rejected only) with a loaded hf backend."""
+    from mipo_engine.backends.hf import HFBackend
+    from mipo_engine.stages.score import ScoreConfig, run_score
+
+    backend = HFBackend(
+        job["model"],
+        device=job["device"],
+        batch_size=2 * job["batch_size"],
+        show_progress=False,
+    )
+    frame = _read(job["data"])
+    warm = frame.head(job["batch_size"])
+    backend.score(warm["prompt"].to_list(), warm["chosen"].to_list(), max_length=job["max_length"])
+    out = Path(job["out"])
+    config = ScoreConfig(
+        generations=Path(job["data"]),
+        out=out,
+        model=job["model"],
+        pmi=False,
+        max_length=job["max_length"],
+        batch_size=2 * job["batch_size"],
+        chunk_rows=max(64, 2 * job["batch_size"]),
+    )
+    _sync(job["device"])
+    started = time.perf_counter()
+    run_score(config, backend=backend)
+    _sync(job["device"])
+    return {"seconds": time.perf_counter() - started, "peak_mib": peak_memory_mib(job["device"])}
+
+
+def score_trl(job: dict[str, Any]) -> dict[str, Any]:
+    """TRL's reference log-prob precompute (``precompute_ref_log_probs=True`` runs exactly
+    this method before training) on the same pairs and batch size."""
+    from trl import DPOTrainer
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    policy, tokenizer = _load_policy(job["model"], job["device"])
+    trainer = DPOTrainer(
+        model=policy,
+        args=_trl_config(job, precompute=False),
+        train_dataset=_trl_dataset(job["data"]),
+        processing_class=tokenizer,
+    )
+    dataset = trainer.train_dataset
+    trainer._precompute_ref_logps(dataset.select(range(job["batch_size"])), "warm-up", 1)
+    _sync(job["device"])
+    started = time.perf_counter()
+    trainer._precompute_ref_logps(dataset, "benchmark", job["batch_size"])
+    _sync(job["device"])
+    return {"seconds": time.perf_counter() - started, "peak_mib": peak_memory_mib(job["device"])}
+
+
+def _read(path: str) -> Any:
+    import polars as pl
+
+    return pl.read_parquet(path)
+
+
+def _count_new_tokens(ids: list[int], eos: int | None, pad: int | None) -> int:
+    count = 0
+    for token in ids:
+        if token == eos:
+            break
+        if token == pad:
+            continue
+        count += 1
+    return count
+
+
+def generate_hf(job: dict[str, Any]) -> dict[str, Any]:
+    """The hf backend (batched, per-row seeds) against one-prompt-at-a-time
+    ``model.generate`` with the same sampling settings, alternating on one loaded model."""
+    import torch
+
+    from benchmarks.pairs import chat_requests
+    from mipo_engine.backends.base import GenerationRequest, SamplingConfig
+    from mipo_engine.backends.hf import HFBackend
+    from mipo_engine.tokenization import encode_prompt
+
+    backend = HFBackend(
+        job["model"], device=job["device"], batch_size=job["prompts"], show_progress=False
+    )
+    messages = chat_requests(job["prompts"])
+    requests = [GenerationRequest(f"r{i}", m, seed=i) for i, m in enumerate(messages)]
+    sampling = SamplingConfig(
+        max_new_tokens=job["max_new_tokens"], temperature=job["temperature"], top_p=job["top_p"]
+    )
+    model, tokenizer = backend.model, backend.tokenizer
+    prompt_ids = [encode_prompt(tokenizer, backend.render(m)) for m in messages]
+
+    def ours() -> int:
+        return sum(c.num_tokens for c in backend.generate(requests, sampling))
+
+    @torch.no_grad()
+    def baseline() -> int:
+        total = 0
+        for ids in prompt_ids:
+            output = model.generate(
+                torch.tensor([ids], device=backend.device),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=backend.device),
+                do_sample=True,
+                temperature=job["temperature"],
+                top_p=job["top_p"],
+                top_k=None,
+                max_new_tokens=job["max_new_tokens"],
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new = output[0, len(ids) :].tolist()
+            total += _count_new_tokens(new, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        return total
+
+    return _alternate(ours, baseline, job)
+
+
+def generate_vllm(job: dict[str, Any]) -> dict[str, Any]:
+    """The vllm backend against ``LLM.generate`` called directly with the identical token
+    prompts and per-request ``SamplingParams``, on the same engine."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from benchmarks.pairs import chat_requests
+    from mipo_engine.backends.base import GenerationRequest, SamplingConfig
+    from mipo_engine.backends.vllm import VLLMBackend
+    from mipo_engine.tokenization import encode_prompt
+
+    backend = VLLMBackend(job["model"], show_progress=False, enable_prefix_caching=False)
+    messages = chat_requests(job["prompts"])
+    requests = [GenerationRequest(f"r{i}", m, seed=i) for i, m in enumerate(messages)]
+    sampling = SamplingConfig(
+        max_new_tokens=job["max_new_tokens"], temperature=job["temperature"], top_p=job["top_p"]
+    )
+    stop = list(backend.default_stop()) or None
+    prompts = [
+        TokensPrompt(prompt_token_ids=encode_prompt(backend.tokenizer, backend.render(m)))
+        for m in messages
+    ]
+    params = [
+        SamplingParams(
+            n=1,
+            seed=r.seed,
+            temperature=job["temperature"],
+            top_p=job["top_p"],
+            max_tokens=job["max_new_tokens"],
+            stop=stop,
+        )
+        for r in requests
+    ]
+
+    def ours() -> int:
+        return sum(c.num_tokens for c in backend.generate(requests, sampling))
+
+    def baseline() -> int:
+        outputs = backend.llm.generate(prompts, params, use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in outputs)
+
+    return _alternate(ours, baseline, job)
+
+
+def _alternate(ours: Any, baseline: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """A warm-up call of each, then ``reps`` timed calls of each, alternating."""
+    ours()
+    baseline()
+    result: dict[str, list[float]] = {"ours_tps": [], "baseline_tps": []}
+    for _ in range(job["reps"]):
+        for name, call in (("ours_tps", ours), ("baseline_tps", baseline)):
+            _sync(job["device"])
+            started = time.perf_counter()
+            tokens = call()
+            _sync(job["device"])
+            result[name].append(tokens / (time.perf_counter() - started))
+    return result
+
+
+def export(job: dict[str, Any]) -> dict[str, Any]:
+    """``mipo export`` (default filters) of ``pairs`` synthetic generations to TRL format."""
+    from mipo_engine.artifacts.schemas import GENERATIONS
+    from mipo_engine.artifacts.store import write_artifact
+    from mipo_engine.stages.export import ExportConfig, run_export, synthetic_generations
+
+    workdir = Path(job["workdir"])
+    generations = workdir / "generations.parquet"
+    write_artifact(
+        synthetic_generations(job["pairs"], seed=0), generations, GENERATIONS, {"stage": "bench"}
+    )
+    seconds = []
+    for rep in range(job["reps"] + 1):  # the first run is the warm-up
+        config = ExportConfig(generations=generations, out=workdir / f"prefs-{rep}.parquet")
+        started = time.perf_counter()
+        run_export(config)
+        if rep:
+            seconds.append(time.perf_counter() - started)
+    return {"seconds": seconds}
+
+
+JOBS = {
+    "train_ours": train_ours,
+    "train_trl": train_trl,
+    "score_ours": score_ours,
+    "score_trl": score_trl,
+    "generate_hf": generate_hf,
+    "generate_vllm": generate_vllm,
+    "export": export,
+}
+
+
+def main() -> None:
+    job = json.loads(sys.argv[1])
+    result = JOBS[job["job"]](job)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
