@@ -361,6 +361,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--model", default=None, help="default: Gemma 3 270M (tiny if --quick)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per side")
+    parser.add_argument("--gen-tokens", type=int, default=None, help="new tokens per prompt")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary one")
     parser.add_argument("--json-out", type=Path, default=None, help="also append lines here")
     return parser.parse_args(argv)
@@ -373,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.reps < 1:
             raise SystemExit("--reps must be >= 1")
         settings = Settings(**{**settings.__dict__, "reps": args.reps})
+    if args.gen_tokens is not None:
+        if args.gen_tokens < 1:
+            raise SystemExit("--gen-tokens must be >= 1")
+        settings = Settings(**{**settings.__dict__, "gen_tokens": args.gen_tokens})
     with tempfile.TemporaryDirectory(prefix="mipo-bench-") as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
