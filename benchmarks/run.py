@@ -241,38 +241,24 @@ def suite_train(context: Context) -> None:
         "ours": "mipo train --loss dpo --scores (from mipo score)",
     }
     memory_metric = "peak GPU MiB" if context.device == "cuda" else "peak RSS MiB"
-    context.record(
-        "train_throughput",
-        "tokens/s",
-        throughput["ours"],
-        throughput["trl"],
-        higher_is_better=True,
-        settings={**settings, "baseline": "trl DPOTrainer sigmoid, reference model"},
-    )
-    context.record(
-        "train_memory",
-        memory_metric,
-        memory["ours"],
-        memory["trl"],
-        higher_is_better=False,
-        settings={**settings, "baseline": "trl DPOTrainer sigmoid, reference model"},
-    )
-    context.record(
-        "train_throughput_vs_precomputed",
-        "tokens/s",
-        throughput["ours"],
-        throughput["trl_precomputed"],
-        higher_is_better=True,
-        settings={**settings, "baseline": "trl DPOTrainer sigmoid, precompute_ref_log_probs"},
-    )
-    context.record(
-        "train_memory_vs_precomputed",
-        memory_metric,
-        memory["ours"],
-        memory["trl_precomputed"],
-        higher_is_better=False,
-        settings={**settings, "baseline": "trl DPOTrainer sigmoid, precompute_ref_log_probs"},
-    )
+    baselines = {
+        "trl": ("", "trl DPOTrainer sigmoid, reference model"),
+        "trl_precomputed": ("_vs_precomputed", "trl DPOTrainer sigmoid, precompute_ref_log_probs"),
+    }
+    for impl, (suffix, description) in baselines.items():
+        line_settings = {**settings, "baseline": description}
+        for name, metric, values, higher_is_better in (
+            ("train_throughput", "tokens/s", throughput, True),
+            ("train_memory", memory_metric, memory, False),
+        ):
+            context.record(
+                name + suffix,
+                metric,
+                values["ours"],
+                values[impl],
+                higher_is_better=higher_is_better,
+                settings=line_settings,
+            )
 
 
 def suite_generate(context: Context) -> None:
@@ -284,15 +270,19 @@ def suite_generate(context: Context) -> None:
         "top_p": 0.95,
         "reps": s.reps,
     }
-    result = run_job({"job": "generate_hf", **common}, context)
-    context.record(
-        "generate_hf",
-        "new tokens/s",
-        statistics.median(result["ours_tps"]),
-        statistics.median(result["baseline_tps"]),
-        higher_is_better=True,
-        settings={**common, "baseline": "model.generate, one prompt at a time"},
-    )
+
+    def compare(job: str, baseline: str) -> None:
+        result = run_job({"job": job, **common}, context)
+        context.record(
+            job,
+            "new tokens/s",
+            statistics.median(result["ours_tps"]),
+            statistics.median(result["baseline_tps"]),
+            higher_is_better=True,
+            settings={**common, "baseline": baseline},
+        )
+
+    compare("generate_hf", "model.generate, one prompt at a time")
     if context.quick:
         return  # the vLLM engine takes minutes to start: not part of the smoke run
     try:
@@ -300,15 +290,7 @@ def suite_generate(context: Context) -> None:
     except ImportError:
         log("generate_vllm skipped: vllm is not installed")
         return
-    result = run_job({"job": "generate_vllm", **common}, context)
-    context.record(
-        "generate_vllm",
-        "new tokens/s",
-        statistics.median(result["ours_tps"]),
-        statistics.median(result["baseline_tps"]),
-        higher_is_better=True,
-        settings={**common, "baseline": "vllm.LLM.generate, identical requests, same engine"},
-    )
+    compare("generate_vllm", "vllm.LLM.generate, identical requests, same engine")
 
 
 EXPORT_BUDGET_SECONDS = 3.0

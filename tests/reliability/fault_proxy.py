@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -49,6 +49,42 @@ class _Server(ThreadingHTTPServer):
     # The default backlog of 5 drops connections when a client opens many at once; a dropped
     # SYN is retried only after a second, which the client would count as a timeout.
     request_queue_size = 128
+
+
+class _LoopbackService:
+    """Serve ``_handler()`` on a free 127.0.0.1 port from a daemon thread; usable as a
+    context manager. Subclasses set ``self._server = None`` in their initialiser."""
+
+    _server: ThreadingHTTPServer | None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        server = _Server(("127.0.0.1", 0), self._handler())
+        server.daemon_threads = True  # a sleeping "slow" answer must not block shutdown
+        server.block_on_close = False
+        self._server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The base URL, ending in /v1 (what an OpenAI client is given)."""
+        assert self._server is not None, "start it first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
 
 @dataclass(frozen=True)
@@ -108,7 +144,7 @@ class RequestRecord:
 
 
 @dataclass
-class FaultProxy:
+class FaultProxy(_LoopbackService):
     """The proxy; use as a context manager (``with FaultProxy(...) as proxy:``)."""
 
     upstream: str
@@ -133,36 +169,10 @@ class FaultProxy:
         self.records: list[RequestRecord] = []
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = None
 
-    # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> FaultProxy:
-        server = _Server(("127.0.0.1", 0), _handler_for(self))
-        server.daemon_threads = True  # a sleeping "slow" answer must not block shutdown
-        server.block_on_close = False
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The proxy's base URL, ending in /v1 (what an OpenAI client is given)."""
-        assert self._server is not None, "start the proxy first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_for(self)
 
     # -- decisions and bookkeeping -------------------------------------------------------------
     def decide(self, path: str, body: bytes) -> tuple[str, int, str | None]:
@@ -309,7 +319,7 @@ def fake_reply(body: dict[str, Any]) -> str:
 
 
 @dataclass
-class FakeOpenAIServer:
+class FakeOpenAIServer(_LoopbackService):
     """``/v1/models`` and ``/v1/chat/completions`` on 127.0.0.1, answering ``fake_reply``.
 
     - ``api_key``: when set, a request without ``Authorization: Bearer <api_key>`` gets 401.
@@ -326,30 +336,10 @@ class FakeOpenAIServer:
         self.authorized = 0
         self.echoed = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server = None
 
-    def start(self) -> FakeOpenAIServer:
-        self._server = _Server(("127.0.0.1", 0), _fake_handler_for(self))
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start the server first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _fake_handler_for(self)
 
     def count(self, authorized: bool, echoed: bool) -> None:
         with self._lock:

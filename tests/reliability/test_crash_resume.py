@@ -47,6 +47,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from mipo_engine.artifacts.store import file_sha256, is_complete, read_manifest
+from tests.helpers.mipo_process import run_mipo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILLS_PER_STAGE = 10
@@ -347,14 +348,7 @@ def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
 
 def _mipo(args: list[str]) -> subprocess.CompletedProcess[str]:
     """A fresh, real ``mipo`` process (the final resume of every stage)."""
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "cli.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    return run_mipo(args, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")

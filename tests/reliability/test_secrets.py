@@ -18,8 +18,6 @@ import hashlib
 import json
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,9 +28,9 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
+from tests.helpers.mipo_process import run_mipo
 from tests.reliability.fault_proxy import FAKE_MODEL, FakeOpenAIServer
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # Random cores, so a leak cannot be a coincidence and the test cannot pass by a lucky string.
 OPENAI_KEY = f"sk-planted-{secrets.token_hex(12)}"
 HF_TOKEN = f"hf_planted{secrets.token_hex(12)}"
@@ -115,17 +113,6 @@ def _pipeline(run_dir: Path, model: Path, judge_url: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _mipo(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "cli.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=900,
-        env=env,
-    )
-
-
 def test_planted_keys_reach_no_file_log_card_report_or_error(
     judge_server: FakeOpenAIServer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -142,16 +129,16 @@ def test_planted_keys_reach_no_file_log_card_report_or_error(
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump(_pipeline(run_dir, tiny_model_dir, judge_server.url)))
     outputs = []
-    pipeline = _mipo(["run", str(config)], env)
+    pipeline = run_mipo(["run", str(config)], env=env)
     outputs.append(pipeline)
     assert pipeline.returncode == 0, pipeline.stderr[-4000:]
-    report = _mipo(["report", str(run_dir), "--out", str(tmp_path / "report")], env)
+    report = run_mipo(["report", str(run_dir), "--out", str(tmp_path / "report")], env=env)
     outputs.append(report)
     assert report.returncode == 0, report.stderr[-4000:]
-    upload = _mipo(
+    upload = run_mipo(
         ["publish", "--preferences", str(run_dir / "preferences.parquet"),
          "--repo-id", "test-org/planted-secrets"],
-        env,
+        env=env,
     )  # fmt: skip
     outputs.append(upload)
     assert upload.returncode != 0, "the upload cannot succeed: the Hub is a closed local port"
