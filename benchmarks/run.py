@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --suite train|score|generate|export|all [--quick]
                              [--device cpu|cuda] [--model M] [--reps N]
+                             [--gen-tokens N] [--gradient-checkpointing]
 
 Every comparison runs ours and the baseline on the same machine, model, data, batch and
 maximum length, alternating, each at least ``--reps`` times after a warm-up (one warm-up
@@ -228,6 +229,8 @@ def suite_train(context: Context) -> None:
 
     throughput = {i: statistics.median(map(tokens_per_second, runs[i])) for i in impls}
     memory = {i: statistics.median(r["peak_mib"] for r in runs[i]) for i in impls}
+    for impl in impls:
+        log_memory_profile(impl, runs[impl])
     settings = {
         "pairs_per_step": s.batch_size,
         "tokens_per_step": round(tokens_per_step),
@@ -259,6 +262,24 @@ def suite_train(context: Context) -> None:
                 higher_is_better=higher_is_better,
                 settings=line_settings,
             )
+
+
+def log_memory_profile(impl: str, results: list[dict[str, Any]]) -> None:
+    """Where a trainer's peak goes: held at the start (weights, any reference model), held
+    after the first step (plus optimizer moments and kept gradients), and the transient
+    (peak minus held: activations and log-prob tiles). Medians over the processes."""
+
+    def median(key: str) -> float:
+        return statistics.median(r["profile"].get(key, float("nan")) for r in results)
+
+    start, held = median("held_at_start_mib"), median("held_after_step_mib")
+    peak = statistics.median(r["peak_mib"] for r in results)
+    weights = median("parameters") * 4 / 2**20  # fp32
+    log(
+        f"memory profile {impl}: held at start {start:.0f} MiB, after the first step "
+        f"{held:.0f} MiB, peak {peak:.0f} MiB (transient {peak - held:.0f} MiB); "
+        f"policy weights {weights:.0f} MiB fp32, trainable {median('trainable'):.0f}"
+    )
 
 
 def suite_generate(context: Context) -> None:
@@ -344,6 +365,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="default: Gemma 3 270M (tiny if --quick)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per side")
     parser.add_argument("--gen-tokens", type=int, default=None, help="new tokens per prompt")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="train suite: checkpoint activations on both sides (TRL's own default)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary one")
     parser.add_argument("--json-out", type=Path, default=None, help="also append lines here")
     return parser.parse_args(argv)
@@ -360,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.gen_tokens < 1:
             raise SystemExit("--gen-tokens must be >= 1")
         settings = Settings(**{**settings.__dict__, "gen_tokens": args.gen_tokens})
+    if args.gradient_checkpointing:
+        settings = Settings(**{**settings.__dict__, "gradient_checkpointing": True})
     with tempfile.TemporaryDirectory(prefix="mipo-bench-") as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)

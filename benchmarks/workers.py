@@ -32,6 +32,17 @@ def peak_memory_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def current_memory_mib(device: str) -> float:
+    """Memory held right now: GPU allocations on CUDA, resident set size on CPU."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.memory_allocated() / 2**20
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         import torch
@@ -40,7 +51,10 @@ def _sync(device: str) -> None:
 
 
 class StepTimer:
-    """A ``TrainerCallback`` recording each optimizer step's wall time."""
+    """A ``TrainerCallback`` recording each optimizer step's wall time, and a memory profile:
+    what is held when training starts (weights, plus any reference model), what is held
+    after the first step (optimizer moments now exist; gradients freed or kept), and the
+    peak, whose excess over the held memory is the step's transient (activations, logits)."""
 
     def __init__(self, device: str) -> None:
         from transformers import TrainerCallback
@@ -48,6 +62,15 @@ class StepTimer:
         timer = self
 
         class _Callback(TrainerCallback):  # type: ignore[misc]
+            def on_train_begin(
+                self, args: Any, state: Any, control: Any, model: Any = None, **_: Any
+            ) -> None:
+                timer.profile["held_at_start_mib"] = current_memory_mib(timer.device)
+                if model is not None:
+                    params = list(model.parameters())
+                    timer.profile["parameters"] = sum(p.numel() for p in params)
+                    timer.profile["trainable"] = sum(p.numel() for p in params if p.requires_grad)
+
             def on_step_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
                 _sync(timer.device)
                 timer._started = time.perf_counter()
@@ -55,11 +78,18 @@ class StepTimer:
             def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
                 _sync(timer.device)
                 timer.seconds.append(time.perf_counter() - timer._started)
+                if len(timer.seconds) == 1:
+                    timer.profile["held_after_step_mib"] = current_memory_mib(timer.device)
 
         self.device = device
         self.seconds: list[float] = []
+        self.profile: dict[str, float] = {}
         self._started = 0.0
         self.callback = _Callback()
+
+    def result(self) -> dict[str, Any]:
+        peak = peak_memory_mib(self.device)
+        return {"step_seconds": self.seconds, "peak_mib": peak, "profile": self.profile}
 
 
 def _load_policy(model: str, device: str) -> tuple[Any, Any]:
@@ -134,7 +164,7 @@ def train_ours(job: dict[str, Any]) -> dict[str, Any]:
         show_progress=False,
     )
     run_train(config, callbacks=[timer.callback])
-    return {"step_seconds": timer.seconds, "peak_mib": peak_memory_mib(job["device"])}
+    return timer.result()
 
 
 def train_trl(job: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +182,7 @@ def train_trl(job: dict[str, Any]) -> dict[str, Any]:
         callbacks=[timer.callback],
     )
     trainer.train()
-    return {"step_seconds": timer.seconds, "peak_mib": peak_memory_mib(job["device"])}
+    return timer.result()
 
 
 def score_ours(job: dict[str, Any]) -> dict[str, Any]:

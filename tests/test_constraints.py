@@ -474,6 +474,9 @@ def test_count_paragraphs(text: str, expected: int) -> None:
         ('He said "stop." Then left.', 2),
         ("Costs 4.99 each, i.e. cheap.", 1),
         ("- item\n- another item", 2),
+        ("See No. 5 and Fig. 2 today.", 1),
+        ("No. No. No. No.", 4),
+        ("Ask Dr. Lee. No. I will not.", 3),
     ],
 )
 def test_count_sentences(text: str, expected: int) -> None:

@@ -62,8 +62,10 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+")
 _INITIALS = re.compile(r"^(?:[a-z]\.)+$", re.IGNORECASE)
 # Common abbreviations whose final period does not end a sentence.
 _ABBREVIATIONS = frozenset(
-    {"e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "ms.", "dr.", "st.", "approx.", "no.", "fig."}
+    {"e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "ms.", "dr.", "st.", "approx."}
 )
+# Abbreviations only before a number ("No. 5", "Fig. 2"); "No. I can't." is two sentences.
+_NUMBER_ABBREVIATIONS = frozenset({"no.", "fig."})
 # Characters that may trail or lead a response as markdown or quoting around its real text.
 _TRAILING_MARKUP = " \t\r\n*_\"'”’)]"
 _LEADING_MARKUP = " \t\r\n#*_>\"'“‘([-"
@@ -108,8 +110,10 @@ def count_paragraphs(text: str) -> int:
     return total
 
 
-def _ends_with_abbreviation(piece: str) -> bool:
+def _ends_with_abbreviation(piece: str, following: str) -> bool:
     last_token = piece.split()[-1].lower() if piece.split() else ""
+    if last_token in _NUMBER_ABBREVIATIONS:
+        return following[:1].isdigit()
     return last_token in _ABBREVIATIONS or bool(_INITIALS.match(last_token))
 
 
@@ -117,8 +121,9 @@ def count_sentences(text: str) -> int:
     """Number of sentences: split at . ! ? followed by whitespace, and at line breaks.
 
     Line breaks end a sentence because list items and headings rarely carry a final period.
-    A period after a common abbreviation (``e.g.``, ``Dr.``) or initials (``U.S.``) does not
-    end a sentence, and a decimal point never does (no whitespace follows it).
+    A period after a common abbreviation (``e.g.``, ``Dr.``), initials (``U.S.``) or a
+    numbering abbreviation before its number (``No. 5``) does not end a sentence, and a
+    decimal point never does (no whitespace follows it).
     """
     total = 0
     for line in text.splitlines():
@@ -127,7 +132,7 @@ def count_sentences(text: str) -> int:
             continue
         pieces: list[str] = []
         for piece in _SENTENCE_SPLIT.split(line):
-            if pieces and _ends_with_abbreviation(pieces[-1]):
+            if pieces and _ends_with_abbreviation(pieces[-1], piece):
                 pieces[-1] = f"{pieces[-1]} {piece}"
             else:
                 pieces.append(piece)
