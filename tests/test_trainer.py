@@ -448,3 +448,50 @@ def test_infonce_trains_on_generations_and_refuses_pairs_without_rejected_input(
     with pytest.raises(ConfigError, match="rejected_input") as error:
         _train(tmp_path / "bad", preferences_file, tiny_model_dir, loss="infonce", max_steps=1)
     assert error.value.key == "loss"
+
+
+def test_two_process_launch_shards_the_pairs_and_writes_one_run(
+    preferences_file: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Two processes (DDP over gloo on CPU, as ``torchrun`` or ``accelerate launch`` start them
+    on several GPUs): the first computes the reference log-probs and the others read them,
+    each trains on its own share of the pairs, one process writes the folder, and a rerun
+    resumes from the last checkpoint instead of starting over."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(Path(__file__).resolve().parents[1] / "cli.py"), "train",
+        "--preferences", str(preferences_file),
+        "--model", str(tiny_model_dir), "--loss", "dpo", "--beta", "0.5",
+        "--per-device-batch-size", "2", "--max-steps", "2", "--max-length", "64",
+        "--logging-steps", "1", "--save-steps", "1", "--output-dir", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch() -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        return result
+
+    launch()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # 8 pairs, 2 processes x 2 pairs per step: one epoch is 2 steps only if the shards differ.
+    assert [(r["step"], r["epoch"]) for r in records] == [(1, 0.5), (2, 1.0)]
+    assert abs(records[0]["rewards/chosen"]) < 1e-3 and abs(records[0]["rewards/rejected"]) < 1e-3
+    names = {path.name for path in out.iterdir()}
+    assert {"final", "checkpoint-2", "train_manifest.json", "logps.png"} <= names
+    assert {"reference_scores.parquet", "reference_scores.manifest.json"} <= names
+    assert not [name for name in names if name.endswith(".tmp")]
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out / "final")
+
+    (out / "train_manifest.json").unlink()
+    second = launch()
+    said = (second.stdout + second.stderr).replace("\n", "")
+    assert f"Resuming from {out / 'checkpoint-2'}" in said
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

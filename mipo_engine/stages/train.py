@@ -214,6 +214,12 @@ def prepare_output_dir(output_dir: Path, run_fingerprint: str, *, resume: bool) 
     return None
 
 
+def resume_checkpoint(output_dir: Path, *, resume: bool) -> Path | None:
+    """The checkpoint ``prepare_output_dir`` chose, read without changing anything."""
+    checkpoints = complete_checkpoints(output_dir)
+    return checkpoints[-1] if resume and checkpoints else None
+
+
 def _stored_fingerprint(output_dir: Path) -> str | None:
     path = output_dir / RUN_CONFIG_FILE
     if not path.is_file():
@@ -332,14 +338,15 @@ def reference_scores(
     pairs: pl.DataFrame,
     dataset: PairDataset,
     collator: PairCollator,
+    args: Any,
 ) -> Path:
     """Reference log-probs computed once (or reused) as ``output_dir/reference_scores.parquet``.
 
     Runs before the first optimizer update (and before a checkpoint is loaded), so for a full
-    fine-tune the model is still the reference; with LoRA the adapters are disabled.
+    fine-tune the model is still the reference; with LoRA the adapters are disabled. Under a
+    multi-process launch the first process computes and writes them (``args``, the run's
+    ``TrainingArguments``, knows the ranks); the others then read its file.
     """
-    from accelerate import PartialState
-
     from mipo_engine.training.trainer import compute_reference_scores
 
     output = config.output_dir / REFERENCE_FILE
@@ -349,7 +356,7 @@ def reference_scores(
         "preferences": str(config.preferences),
     }
     run = StageRun("train-reference", output, identity, {"preferences": config.preferences})
-    with PartialState().main_process_first():
+    with args.main_process_first(local=False, desc="reference log-probs"):
         if run.up_to_date():
             console.print(f"Reusing reference log-probs from {output}.")
             return output
@@ -361,7 +368,7 @@ def reference_scores(
             batch_size=config.per_device_batch_size,
             show_progress=config.show_progress,
         )
-        if PartialState().is_main_process:
+        if args.process_index == 0:
             run.write(frame, SCORES, model=config.model or "default", backend="hf")
     return output
 
@@ -416,7 +423,7 @@ def build_trainer(
     dataset: PairDataset,
     collator: PairCollator,
     *,
-    cuda: bool,
+    args: Any,
     callbacks: list[Any] | None = None,
 ) -> Any:
     """The ``PreferenceTrainer`` with our callbacks (metrics file, rich progress bar, a log at
@@ -438,7 +445,7 @@ def build_trainer(
         own_callbacks.append(RichProgressCallback(console))
     trainer = PreferenceTrainer(
         model=model,
-        args=training_arguments(config, cuda=cuda),
+        args=args,
         data_collator=collator,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -455,7 +462,9 @@ def save_final(trainer: Any, output_dir: Path) -> Path:
     trainer.check_parameters_finite("final model")
     final = output_dir / FINAL_DIR
     staging = output_dir / ".final.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
+    if trainer.args.should_save:  # the process that writes the model, and only it
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
     if trainer.args.should_save:
@@ -538,19 +547,27 @@ def run_train(config: TrainConfig, *, callbacks: list[Any] | None = None) -> Pat
         )
 
     dataset = encode(pairs)
+    # Built before anything is written: it sets up the process group of a multi-process launch.
+    args = training_arguments(config, cuda=cuda)
     reference_path = None
     if settings.needs_reference and not has_reference(pairs):
         if cuda:
-            model.to("cuda")
-        reference_path = reference_scores(config, model, pairs, dataset, collator)
+            model.to(args.device)  # this process's GPU under a multi-GPU launch
+        reference_path = reference_scores(config, model, pairs, dataset, collator, args)
         pairs = attach_scores(pairs, reference_path)
         dataset = encode(pairs)
 
     trainer = build_trainer(
-        config, settings, model, tokenizer, dataset, collator, cuda=cuda, callbacks=callbacks
+        config, settings, model, tokenizer, dataset, collator, args=args, callbacks=callbacks
     )
     # Only now, with every setting validated, may old checkpoints be removed or resumed.
-    checkpoint = prepare_output_dir(output_dir, run_fingerprint, resume=config.resume)
+    # Under a multi-process launch one process prepares the folder (it deletes and writes
+    # files); the others wait for it, then read where to resume.
+    with trainer.args.main_process_first(local=False, desc="preparing the output folder"):
+        if trainer.args.process_index == 0:
+            checkpoint = prepare_output_dir(output_dir, run_fingerprint, resume=config.resume)
+        else:
+            checkpoint = resume_checkpoint(output_dir, resume=config.resume)
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
