@@ -113,8 +113,9 @@ class Context:
             {
                 "name": name,
                 "metric": metric,
-                "ours": round(ours, 4),
-                "baseline": round(baseline, 4),
+                # Significant figures, not decimals: a 0.0157 s export keeps its precision.
+                "ours": float(f"{ours:.6g}"),
+                "baseline": float(f"{baseline:.6g}"),
                 "ratio": round(ratio, 3),
                 "device": self.device,
                 "model": self.model_label,
