@@ -8,6 +8,9 @@ and plain ``torch.autograd.grad`` + the projection written out for DPO-PG.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -457,14 +460,12 @@ def test_two_process_launch_shards_the_pairs_and_writes_one_run(
     on several GPUs): the first computes the reference log-probs and the others read them,
     each trains on its own share of the pairs, one process writes the folder, and a rerun
     resumes from the last checkpoint instead of starting over."""
-    import os
-    import subprocess
-    import sys
+    from tests.helpers.mipo_process import REPO_ROOT
 
     out = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(Path(__file__).resolve().parents[1] / "cli.py"), "train",
+        str(REPO_ROOT / "cli.py"), "train",
         "--preferences", str(preferences_file),
         "--model", str(tiny_model_dir), "--loss", "dpo", "--beta", "0.5",
         "--per-device-batch-size", "2", "--max-steps", "2", "--max-length", "64",

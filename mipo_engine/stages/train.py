@@ -192,17 +192,15 @@ def prepare_output_dir(output_dir: Path, run_fingerprint: str, *, resume: bool) 
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_incomplete_checkpoints(output_dir)
-    checkpoints = complete_checkpoints(output_dir)
-    stored = _stored_fingerprint(output_dir)
-    if resume and checkpoints:
-        if stored != run_fingerprint:
+    last = resume_checkpoint(output_dir, resume=resume)
+    if last is not None:
+        if _stored_fingerprint(output_dir) != run_fingerprint:
             raise ConfigError(
                 f"{output_dir} holds checkpoints of a run with other settings or inputs; "
                 "rerun with the original settings to resume, pass --no-resume to start over, "
                 "or choose another --output-dir",
                 key="output_dir",
             )
-        last = checkpoints[-1]
         from mipo_engine.training.metrics import truncate_metrics
 
         truncate_metrics(output_dir / METRICS_FILE, int(last.name.split("-", 1)[1]))
@@ -215,7 +213,8 @@ def prepare_output_dir(output_dir: Path, run_fingerprint: str, *, resume: bool) 
 
 
 def resume_checkpoint(output_dir: Path, *, resume: bool) -> Path | None:
-    """The checkpoint ``prepare_output_dir`` chose, read without changing anything."""
+    """The last complete checkpoint when resuming (what ``prepare_output_dir`` resumes from),
+    read without changing anything."""
     checkpoints = complete_checkpoints(output_dir)
     return checkpoints[-1] if resume and checkpoints else None
 
@@ -563,8 +562,8 @@ def run_train(config: TrainConfig, *, callbacks: list[Any] | None = None) -> Pat
     # Only now, with every setting validated, may old checkpoints be removed or resumed.
     # Under a multi-process launch one process prepares the folder (it deletes and writes
     # files); the others wait for it, then read where to resume.
-    with trainer.args.main_process_first(local=False, desc="preparing the output folder"):
-        if trainer.args.process_index == 0:
+    with args.main_process_first(local=False, desc="preparing the output folder"):
+        if args.process_index == 0:
             checkpoint = prepare_output_dir(output_dir, run_fingerprint, resume=config.resume)
         else:
             checkpoint = resume_checkpoint(output_dir, resume=config.resume)
