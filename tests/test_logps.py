@@ -1,8 +1,9 @@
-"""The tiled token log-prob path against plain full-vocabulary logits, values and gradients.
+"""The tiled token log-prob path against plain full-vocabulary logits, values and gradients,
+and responses scored after a shared prompt against each whole sequence run alone.
 
-The reference is written out independently here: ``log_softmax`` over the whole ``[N, V]``
+The references are written out independently here: ``log_softmax`` over the whole ``[N, V]``
 logits (soft-capped as Gemma 2 does, ``cap * tanh(z / cap)``), then a gather, differentiated
-by autograd.
+by autograd; and each prompt + response run through the model as one sequence.
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mipo_engine.training.logps import TILE_BYTES, linear_token_logps, tile_rows
+from mipo_engine.backends.hf import group_by_prompt, shared_prompt_batches
+from mipo_engine.tokenization import EncodedPair
+from mipo_engine.training.logps import (
+    TILE_BYTES,
+    full_logits_sequence_logps,
+    linear_token_logps,
+    shared_prompt_logps,
+    tile_rows,
+)
 
 
 def _full_logits_token_logps(
@@ -67,3 +76,75 @@ def test_tile_rows_keep_the_logits_tile_within_its_byte_budget() -> None:
     assert rows == 128
     assert tile_rows(100, 3) == 3  # a small vocabulary: the caller's bound decides
     assert tile_rows(10**9, 1024) == 1  # never zero rows
+
+
+# --------------------------------------------------------------------------------------------
+# Responses sharing a prompt: the prompt's keys and values computed once
+# --------------------------------------------------------------------------------------------
+
+
+def _full_sequence_logp(model, prompt: list[int], response: list[int]) -> float:
+    """Independent: the whole sequence through the model, full logits, log_softmax."""
+    ids = torch.tensor([prompt + response])
+    attention = torch.ones_like(ids)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[0, len(prompt) :] = True
+    logps, _ = full_logits_sequence_logps(model, ids, attention, mask)
+    return float(logps[0])
+
+
+def test_shared_prompt_logps_equal_whole_sequences(tiny_model_dir) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    generator = torch.Generator().manual_seed(1)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(3, 300, (n,), generator=generator).tolist()
+
+    # Prompts of unequal length (the short one is left-padded), a group of three and a group
+    # of two, responses from one token (nothing fed after the prompt) to twelve.
+    prompts = [tokens(9), tokens(4)]
+    responses = [tokens(12), tokens(1), tokens(7), tokens(3), tokens(10)]
+    owners = [0, 0, 0, 1, 1]
+    with torch.no_grad():
+        ours = shared_prompt_logps(model, prompts, responses, owners, pad_id=0, chunk_size=4)
+        expected = [
+            _full_sequence_logp(model, prompts[g], r)
+            for g, r in zip(owners, responses, strict=True)
+        ]
+    torch.testing.assert_close(ours, torch.tensor(expected), rtol=0, atol=1e-4)
+
+
+def _pair(prompt_tokens: int, response_tokens: int, prompt_id: int = 1) -> EncodedPair:
+    return EncodedPair([prompt_id] * prompt_tokens + [7] * response_tokens, prompt_tokens)
+
+
+def test_pairs_are_grouped_by_identical_prompt_ids_within_the_window() -> None:
+    pairs = [
+        _pair(5, 3),  # 0: shares with 1
+        _pair(5, 9),  # 1
+        _pair(5, 2, prompt_id=2),  # 2: its prompt is its own
+        _pair(0, 4),  # 3: empty prompt, nothing to share
+        _pair(0, 6),  # 4
+        _pair(30, 3, prompt_id=3),  # 5: shares with 6, but 6 reaches the window
+        _pair(30, 10, prompt_id=3),  # 6
+    ]
+    groups, singles = group_by_prompt(pairs, window=40)
+    assert groups == [[0, 1]]
+    assert singles == [2, 3, 4, 5, 6]
+    groups, singles = group_by_prompt(pairs, window=None)
+    assert groups == [[0, 1], [5, 6]]
+    assert singles == [2, 3, 4]
+
+
+def test_shared_batches_hold_at_most_batch_size_responses_and_fit_the_window() -> None:
+    pairs = [_pair(4, 4, prompt_id=g) for g in range(3) for _ in range(2)]  # 3 groups of 2
+    pairs += [_pair(20, 2, prompt_id=9)] * 3  # a group of 3: more than the batch alone
+    groups = [[0, 1], [2, 3], [4, 5], [6, 7, 8]]
+    batches = shared_prompt_batches(groups, pairs, batch_size=4, window=None)
+    assert batches == [[[6, 7, 8]], [[0, 1], [2, 3]], [[4, 5]]]
+    # With a window of 24 the two groups may not share a batch: its padded width would be
+    # 20 (the longest prompt) + 4 (the longest response).
+    batches = shared_prompt_batches([[6, 7, 8], [0, 1]], pairs, batch_size=8, window=24)
+    assert batches == [[[6, 7, 8]], [[0, 1]]]

@@ -55,3 +55,35 @@ def test_default_model_generates_sensible_pairs(tmp_path):
         assert "User:" not in text and "<bos>" not in text
     words = re.findall(r"[A-Za-z]{3,}", " ".join(texts))
     assert len(words) >= 20
+
+
+def test_shared_prompt_scoring_matches_whole_sequences_on_gemma():
+    """Gemma 3 mixes sliding-window and global attention layers and its own cache classes:
+    scores read after a shared prompt's cached keys equal each sequence run whole."""
+    import torch
+
+    from mipo_engine.backends.hf import HFBackend, pad_pairs
+    from mipo_engine.chat import render_chat
+    from mipo_engine.tokenization import encode_pair
+    from mipo_engine.training.logps import sequence_logps
+
+    backend = HFBackend(None, device="cpu", batch_size=8, show_progress=False)
+    prompts = [
+        render_chat(backend.tokenizer, [{"role": "user", "content": text}])
+        for text in ("Name three rivers in Europe.", "Write a haiku about rain, in lowercase.")
+    ]
+    responses = [
+        "The Danube, the Rhine and the Loire.",
+        "Rivers: Thames.",
+        "soft rain on the roof\nthe gutters hum a low song\nmorning smells of earth",
+        "Rain falls.",
+    ]
+    owners = [0, 0, 1, 1]
+    shared = backend.score([prompts[g] for g in owners], responses)
+    for prompt_index, response, result in zip(owners, responses, shared, strict=True):
+        pair = encode_pair(backend.tokenizer, prompts[prompt_index], response)
+        ids, attention, mask = pad_pairs([pair], backend.tokenizer.pad_token_id)
+        with torch.no_grad():
+            alone, counts = sequence_logps(backend.model, ids, attention, mask)
+        assert result.num_tokens == int(counts[0])
+        assert result.logp == pytest.approx(float(alone[0]), abs=2e-3)

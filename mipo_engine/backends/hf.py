@@ -30,7 +30,7 @@ from mipo_engine.chat import (
 from mipo_engine.errors import BackendError
 from mipo_engine.models import resolve_model
 from mipo_engine.tokenization import encode_pair, encode_prompt
-from mipo_engine.training.logps import sequence_logps
+from mipo_engine.training.logps import sequence_logps, shared_prompt_logps
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -255,33 +255,103 @@ class HFBackend(Backend):
             encode_pair(self.tokenizer, p, r, max_length=max_length)
             for p, r in zip(prompts, responses, strict=True)
         ]
-        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i].input_ids))
+        window = _attention_window(self.model)
+        groups, singles = group_by_prompt(pairs, window)
         results: list[ScoreResult | None] = [None] * len(pairs)
+        pad = self.tokenizer.pad_token_id
         with Progress(disable=not self.show_progress, transient=True) as progress:
             task = progress.add_task("scoring", total=len(pairs))
+            for batch_groups in shared_prompt_batches(groups, pairs, self.batch_size, window):
+                members = [i for group in batch_groups for i in group]
+                first = [pairs[group[0]] for group in batch_groups]
+                logps = shared_prompt_logps(
+                    self.model,
+                    [pair.input_ids[: pair.response_start] for pair in first],
+                    [pairs[i].input_ids[pairs[i].response_start :] for i in members],
+                    [g for g, group in enumerate(batch_groups) for _ in group],
+                    pad,
+                )
+                for index, logp in zip(members, logps.tolist(), strict=True):
+                    count = len(pairs[index].input_ids) - pairs[index].response_start
+                    results[index] = ScoreResult(logp=logp, num_tokens=count)
+                progress.advance(task, len(members))
+            order = sorted(singles, key=lambda i: -len(pairs[i].input_ids))
             for start in range(0, len(order), self.batch_size):
-                batch = [pairs[i] for i in order[start : start + self.batch_size]]
-                ids, attention, response = pad_pairs(batch, self.tokenizer.pad_token_id)
+                chunk = order[start : start + self.batch_size]
+                ids, attention, response = pad_pairs([pairs[i] for i in chunk], pad)
                 logps, counts = sequence_logps(
                     self.model,
                     ids.to(self.device),
                     attention.to(self.device),
                     response.to(self.device),
                 )
-                for index, logp, count in zip(
-                    order[start : start + self.batch_size],
-                    logps.tolist(),
-                    counts.tolist(),
-                    strict=True,
-                ):
+                for index, logp, count in zip(chunk, logps.tolist(), counts.tolist(), strict=True):
                     results[index] = ScoreResult(logp=logp, num_tokens=int(count))
-                progress.advance(task, len(batch))
+                progress.advance(task, len(chunk))
         return [r for r in results if r is not None]
 
     def close(self) -> None:
         del self.model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _attention_window(model: Any) -> int | None:
+    """Tokens a sliding-window layer sees, or None when every layer attends to all."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text_config, "sliding_window", None)
+    return int(window) if window else None
+
+
+def group_by_prompt(pairs: Sequence[Any], window: int | None) -> tuple[list[list[int]], list[int]]:
+    """(groups of pair indices whose prompt ids are identical, the other indices).
+
+    A group shares one pass over its prompt. A group must fit in the attention window
+    (less one token) so that reusing the prompt's cached keys cannot change what any token
+    sees; pairs with an empty prompt have nothing to share.
+    """
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for index, pair in enumerate(pairs):
+        by_prompt.setdefault(tuple(pair.input_ids[: pair.response_start]), []).append(index)
+    groups, singles = [], []
+    for prompt, members in by_prompt.items():
+        longest = max(len(pairs[i].input_ids) for i in members)
+        if prompt and len(members) > 1 and (window is None or longest < window):
+            groups.append(members)
+        else:
+            singles.extend(members)
+    return groups, sorted(singles)
+
+
+def shared_prompt_batches(
+    groups: list[list[int]], pairs: Sequence[Any], batch_size: int, window: int | None
+) -> list[list[list[int]]]:
+    """Groups packed, longest first, into batches of at most ``batch_size`` responses (a
+    larger group goes alone); with a window, a batch's padded prompt plus response width
+    stays under it."""
+
+    def widths(group: list[int]) -> tuple[int, int]:
+        prompt = pairs[group[0]].response_start
+        return prompt, max(len(pairs[i].input_ids) for i in group) - prompt
+
+    batches: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    size = prompt_width = response_width = 0
+    for group in sorted(groups, key=lambda g: -sum(widths(g))):
+        prompt, response = widths(group)
+        fits = size + len(group) <= batch_size and (
+            window is None or max(prompt_width, prompt) + max(response_width, response) < window
+        )
+        if current and not fits:
+            batches.append(current)
+            current, size, prompt_width, response_width = [], 0, 0, 0
+        current.append(group)
+        size += len(group)
+        prompt_width, response_width = max(prompt_width, prompt), max(response_width, response)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def pad_pairs(pairs: Sequence[Any], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
