@@ -337,9 +337,13 @@ def generate_vllm(job: dict[str, Any]) -> dict[str, Any]:
     def ours() -> int:
         return sum(c.num_tokens for c in backend.generate(requests, sampling))
 
+    eos = backend.tokenizer.eos_token_id
+
     def baseline() -> int:
         outputs = backend.llm.generate(prompts, params, use_tqdm=False)
-        return sum(len(o.outputs[0].token_ids) for o in outputs)
+        # Counted as ours counts (and as generate_hf counts both sides): new tokens up to,
+        # not including, the end-of-sequence token.
+        return sum(_count_new_tokens(list(o.outputs[0].token_ids), eos, None) for o in outputs)
 
     return _alternate(ours, baseline, job)
 

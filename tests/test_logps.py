@@ -52,6 +52,24 @@ def test_values_and_gradients_equal_full_logits(softcap: float | None, chunk_siz
         torch.testing.assert_close(ours_grad, expected_grad, rtol=0, atol=1e-4)
 
 
+def test_under_autocast_the_product_runs_in_the_autocast_dtype() -> None:
+    """Mixed-precision training calls this under bf16 autocast: the tile product runs in
+    bf16 (as autocast would run ``hidden @ weight.T``), the log-softmax in fp32."""
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(6, 32, generator=generator, requires_grad=True)
+    weight = torch.randn(50, 32, generator=generator) / 4
+    targets = torch.randint(0, 50, (6,), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_token_logps(hidden, weight, targets, chunk_size=4)
+    bf16_logits = (hidden.bfloat16() @ weight.bfloat16().T).float()
+    expected = torch.log_softmax(bf16_logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
+    assert ours.dtype == torch.float32
+    # An fp32 product would differ from this by about 5e-3 here.
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+    (grad,) = torch.autograd.grad(ours.sum(), [hidden])
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+
+
 def test_gradient_only_for_the_inputs_that_need_it() -> None:
     """A frozen head (LoRA) gets no weight gradient; a frozen input gets no hidden gradient."""
     hidden = torch.randn(4, 8, requires_grad=True)
@@ -73,7 +91,7 @@ def test_tile_rows_keep_the_logits_tile_within_its_byte_budget() -> None:
     gemma_vocab = 262_144
     rows = tile_rows(gemma_vocab, 1024)
     assert rows * gemma_vocab * 4 <= TILE_BYTES
-    assert rows == 128
+    assert rows == 256
     assert tile_rows(100, 3) == 3  # a small vocabulary: the caller's bound decides
     assert tile_rows(10**9, 1024) == 1  # never zero rows
 
