@@ -30,7 +30,7 @@ from mipo_engine.chat import (
 from mipo_engine.errors import BackendError
 from mipo_engine.models import resolve_model
 from mipo_engine.tokenization import encode_pair, encode_prompt
-from mipo_engine.training.logps import sequence_logps, shared_prompt_logps
+from mipo_engine.training.logps import attention_window, sequence_logps, shared_prompt_logps
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -255,7 +255,7 @@ class HFBackend(Backend):
             encode_pair(self.tokenizer, p, r, max_length=max_length)
             for p, r in zip(prompts, responses, strict=True)
         ]
-        window = _attention_window(self.model)
+        window = attention_window(self.model)
         groups, singles = group_by_prompt(pairs, window)
         results: list[ScoreResult | None] = [None] * len(pairs)
         pad = self.tokenizer.pad_token_id
@@ -294,14 +294,6 @@ class HFBackend(Backend):
         del self.model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _attention_window(model: Any) -> int | None:
-    """Tokens a sliding-window layer sees, or None when every layer attends to all."""
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    window = getattr(text_config, "sliding_window", None)
-    return int(window) if window else None
 
 
 def group_by_prompt(pairs: Sequence[Any], window: int | None) -> tuple[list[list[int]], list[int]]:

@@ -146,6 +146,37 @@ def linear_token_logps(
     return _LinearTokenLogProb.apply(hidden, weight, targets, chunk_size, softcap)
 
 
+def _text_config(model: Any) -> Any:
+    """The language model's config (a multimodal config nests it)."""
+    config = getattr(model, "config", None)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def attention_window(model: Any) -> int | None:
+    """Tokens a sliding-window layer sees, or None when every layer attends to all."""
+    window = getattr(_text_config(model), "sliding_window", None)
+    return int(window) if window else None
+
+
+def summed_token_logps(
+    states: Tensor,
+    targets: Tensor,
+    rows: Tensor,
+    num_rows: int,
+    head: Any,
+    softcap: float | None,
+    *,
+    chunk_size: int,
+) -> Tensor:
+    """Per-row sums ([num_rows] fp32) of ``log_softmax(states @ head.weight.T)[targets]``,
+    token ``i`` belonging to row ``rows[i]``."""
+    token_logps = linear_token_logps(
+        states, head.weight, targets, chunk_size=chunk_size, softcap=softcap
+    )
+    sums = torch.zeros(num_rows, dtype=torch.float32, device=states.device)
+    return sums.index_add(0, rows, token_logps)
+
+
 def _causal_lm_parts(model: Any) -> tuple[Any, Any, float | None]:
     """(decoder that returns final hidden states, output embedding, final logit soft-cap)."""
     inner = model
@@ -154,9 +185,7 @@ def _causal_lm_parts(model: Any) -> tuple[Any, Any, float | None]:
         inner = inner.get_base_model()
     decoder = getattr(inner, getattr(inner, "base_model_prefix", "model"), None)
     head = inner.get_output_embeddings()
-    config = getattr(inner, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    softcap = getattr(text_config, "final_logit_softcapping", None)
+    softcap = getattr(_text_config(inner), "final_logit_softcapping", None)
     if decoder is None or head is None:
         raise ValueError(f"cannot find the decoder and output head of {type(inner).__name__}")
     return decoder, head, softcap
@@ -182,13 +211,10 @@ def sequence_logps(
     rows, cols = predict_mask.nonzero(as_tuple=True)
     states = hidden[:, :-1][rows, cols]  # [N, H] only where a response token is predicted
     targets = input_ids[:, 1:][rows, cols]
-    token_logps = linear_token_logps(
-        states, head.weight, targets, chunk_size=chunk_size, softcap=softcap
+    sums = summed_token_logps(
+        states, targets, rows, input_ids.shape[0], head, softcap, chunk_size=chunk_size
     )
-    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
-    sums = sums.index_add(0, rows, token_logps)
-    counts = predict_mask.sum(dim=1)
-    return sums, counts
+    return sums, predict_mask.sum(dim=1)
 
 
 def shared_prompt_logps(
@@ -250,15 +276,15 @@ def shared_prompt_logps(
         states = torch.cat([states, hidden], dim=1)  # [R, span, H]: state j predicts token j
     valid = torch.arange(span, device=device)[None] < lengths[:, None]
     rows, cols = valid.nonzero(as_tuple=True)
-    token_logps = linear_token_logps(
+    return summed_token_logps(
         states[rows, cols].to(head.weight.dtype),
-        head.weight,
         targets[rows, cols],
+        rows,
+        len(responses),
+        head,
+        softcap,
         chunk_size=chunk_size,
-        softcap=softcap,
     )
-    sums = torch.zeros(len(responses), dtype=torch.float32, device=device)
-    return sums.index_add(0, rows, token_logps)
 
 
 def full_logits_sequence_logps(

@@ -43,7 +43,7 @@ from mipo_engine.training.data import (
     PairCollator,
     PairDataset,
 )
-from mipo_engine.training.logps import _causal_lm_parts, linear_token_logps
+from mipo_engine.training.logps import _causal_lm_parts, summed_token_logps
 from mipo_engine.training.losses import (
     LOSSES,
     dpo_pg_gradients,
@@ -288,11 +288,9 @@ def policy_sequence_logps(
     # project in the head's dtype (the logits themselves are fp32 either way).
     states = hidden[:, :-1][rows, cols].to(head.weight.dtype)  # (N, H)
     targets = input_ids[:, 1:][rows, cols]  # (N,)
-    token_logps = linear_token_logps(
-        states, head.weight, targets, chunk_size=chunk_size, softcap=softcap
+    sums = summed_token_logps(
+        states, targets, rows, input_ids.shape[0], head, softcap, chunk_size=chunk_size
     )
-    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
-    sums = sums.index_add(0, rows, token_logps)
     return SequenceLogps(
         logps=sums,
         counts=predict_mask.sum(dim=1),
