@@ -14,8 +14,10 @@ import torch
 from mipo_engine.backends.hf import group_by_prompt, shared_prompt_batches
 from mipo_engine.tokenization import EncodedPair
 from mipo_engine.training.logps import (
+    CPU_BLOCK_BYTES,
     TILE_BYTES,
     full_logits_sequence_logps,
+    head_tiling,
     linear_token_logps,
     shared_prompt_logps,
     tile_rows,
@@ -33,16 +35,25 @@ def _full_logits_token_logps(
 
 @pytest.mark.parametrize("softcap", [None, 3.0])
 @pytest.mark.parametrize("chunk_size", [1, 3, 64])
-def test_values_and_gradients_equal_full_logits(softcap: float | None, chunk_size: int) -> None:
+@pytest.mark.parametrize("vocab_block", [None, 1, 5, 36])
+def test_values_and_gradients_equal_full_logits(
+    softcap: float | None, chunk_size: int, vocab_block: int | None
+) -> None:
+    """Tiles of 1, 3 and all rows; blocks of the whole vocabulary, of one entry, of five
+    (the last block holds two) and of all but one (the last holds one)."""
     generator = torch.Generator().manual_seed(0)
     rows, width, vocab = 10, 16, 37
     hidden = torch.randn(rows, width, generator=generator, requires_grad=True)
     weight = torch.randn(vocab, width, generator=generator, requires_grad=True)
     targets = torch.randint(0, vocab, (rows,), generator=generator)
+    # Targets in the first and the last block, and two rows of one tile sharing a target.
+    targets[0], targets[1], targets[2] = 0, vocab - 1, vocab - 1
     # Unequal upstream weights per row, so a mix-up of rows between tiles would show.
     upstream = torch.linspace(-1.0, 2.0, rows)
 
-    ours = linear_token_logps(hidden, weight, targets, chunk_size=chunk_size, softcap=softcap)
+    ours = linear_token_logps(
+        hidden, weight, targets, chunk_size=chunk_size, softcap=softcap, vocab_block=vocab_block
+    )
     expected = _full_logits_token_logps(hidden, weight, targets, softcap)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
 
@@ -60,7 +71,7 @@ def test_under_autocast_the_product_runs_in_the_autocast_dtype() -> None:
     weight = torch.randn(50, 32, generator=generator) / 4
     targets = torch.randint(0, 50, (6,), generator=generator)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours = linear_token_logps(hidden, weight, targets, chunk_size=4)
+        ours = linear_token_logps(hidden, weight, targets, chunk_size=4, vocab_block=7)
     bf16_logits = (hidden.bfloat16() @ weight.bfloat16().T).float()
     expected = torch.log_softmax(bf16_logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
     assert ours.dtype == torch.float32
@@ -94,6 +105,16 @@ def test_tile_rows_keep_the_logits_tile_within_its_byte_budget() -> None:
     assert rows == 256
     assert tile_rows(100, 3) == 3  # a small vocabulary: the caller's bound decides
     assert tile_rows(10**9, 1024) == 1  # never zero rows
+
+
+def test_head_tiling_splits_the_vocabulary_on_cpu_only() -> None:
+    gemma_vocab = 262_144
+    rows, block = head_tiling(gemma_vocab, 512, torch.device("cpu"))
+    assert (rows, block) == (512, 2048)
+    assert rows * block * 4 <= CPU_BLOCK_BYTES
+    assert head_tiling(100, 512, torch.device("cpu")) == (512, 100)  # one block: all of it
+    # An accelerator takes the whole vocabulary per product, the tile within TILE_BYTES.
+    assert head_tiling(gemma_vocab, 512, torch.device("cuda")) == (256, gemma_vocab)
 
 
 # --------------------------------------------------------------------------------------------
