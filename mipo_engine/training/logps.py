@@ -103,9 +103,7 @@ class _LinearTokenLogProb(torch.autograd.Function):
         vocab = weight.shape[0]
         dtype = _matmul_dtype(hidden)
         states, matrix = hidden.to(dtype), weight.to(dtype)
-        buffer = torch.empty(
-            (min(rows, hidden.shape[0]), block), dtype=dtype, device=hidden.device
-        )
+        buffer = torch.empty((min(rows, hidden.shape[0]), block), dtype=dtype, device=hidden.device)
         picked = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         log_norm = torch.empty_like(picked)
         for start in range(0, hidden.shape[0], rows):
