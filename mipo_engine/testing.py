@@ -53,7 +53,6 @@ def make_tiny_model(
     hidden_size: int = 32,
     layers: int = 2,
     vocab_size: int = 384,
-    tie_word_embeddings: bool = False,
 ) -> Path:
     """Save a random-weight Llama-style model and its tokenizer to ``path``; return it."""
     import torch
@@ -72,7 +71,7 @@ def make_tiny_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=tie_word_embeddings,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

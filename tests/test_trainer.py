@@ -36,7 +36,6 @@ from mipo_engine.training.trainer import (
     PreferenceTrainer,
     policy_sequence_logps,
     response_kl,
-    sparse_tied_embedding_gradient,
 )
 
 REQUESTS = [
@@ -151,65 +150,6 @@ def test_policy_sequence_logps_equals_full_logits(tiny_model_dir: Path, lora: bo
     expected, counts = full_logits_sequence_logps(model, ids, attention, response)
     torch.testing.assert_close(ours.logps, expected, rtol=0, atol=1e-4)
     assert ours.counts.tolist() == counts.tolist()
-
-
-def _policy_nll_gradients(model, tokenizer) -> list[torch.Tensor]:
-    ids, attention, response = _batch(
-        tokenizer, [("User: hi", "Paris is the capital."), ("User: why", "the sky is blue")]
-    )
-    model.zero_grad(set_to_none=True)
-    logps = policy_sequence_logps(model, ids, attention, response, chunk_size=3).logps
-    (-logps.sum()).backward()
-    return [p.grad for p in model.parameters()]
-
-
-def test_tied_embedding_gradient_is_sparse_on_the_input_side_and_unchanged(
-    tmp_path: Path,
-) -> None:
-    from mipo_engine.testing import make_tiny_model
-
-    model, tokenizer = _load(make_tiny_model(tmp_path / "tied", tie_word_embeddings=True))
-    embedding = model.get_input_embeddings()
-    assert embedding.weight is model.get_output_embeddings().weight
-    dense = [g.clone() for g in _policy_nll_gradients(model, tokenizer)]
-
-    assert sparse_tied_embedding_gradient(model) and embedding.sparse
-    sparse = _policy_nll_gradients(model, tokenizer)
-    # The optimizer sees the same dense gradients (the head's plus the input side's rows).
-    assert embedding.weight.grad.layout == torch.strided
-    for got, want in zip(sparse, dense, strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-    torch.optim.AdamW(model.parameters(), lr=1e-3).step()  # AdamW refuses sparse gradients
-    # autograd.grad (DPO-PG's two gradients) sums both sides into one dense tensor too.
-    nll = -policy_sequence_logps(model, *_batch(tokenizer, [("User: hi", "Paris")])).logps.sum()
-    (summed,) = torch.autograd.grad(nll, [embedding.weight])
-    assert summed.layout == torch.strided
-
-
-def test_untied_or_lora_models_keep_dense_embedding_gradients(
-    tmp_path: Path, tiny_model_dir: Path
-) -> None:
-    from mipo_engine.stages.train import load_policy
-    from mipo_engine.testing import make_tiny_model
-
-    untied, _ = _load(tiny_model_dir)
-    assert not sparse_tied_embedding_gradient(untied)
-    assert not untied.get_input_embeddings().sparse
-
-    tied_dir = make_tiny_model(tmp_path / "tied", tie_word_embeddings=True)
-    preferences = tmp_path / "unused.parquet"
-    full, _, _ = load_policy(
-        TrainConfig.from_options(preferences=preferences, output_dir=tmp_path, model=str(tied_dir)),
-        cuda=False,
-    )
-    assert full.get_input_embeddings().sparse
-    lora, _, _ = load_policy(
-        TrainConfig.from_options(
-            preferences=preferences, output_dir=tmp_path, model=str(tied_dir), lora_r=4
-        ),
-        cuda=False,
-    )
-    assert not lora.get_input_embeddings().sparse
 
 
 def test_response_kl_equals_sequence_kl_on_full_logits(tiny_model_dir: Path) -> None:

@@ -45,7 +45,7 @@ from mipo_engine.training.data import (
     has_reference,
     read_pairs,
 )
-from mipo_engine.training.trainer import LossSettings, sparse_tied_embedding_gradient
+from mipo_engine.training.trainer import LossSettings
 
 console = Console(stderr=True, soft_wrap=True)  # paths stay on one line
 
@@ -295,8 +295,6 @@ def load_policy(config: TrainConfig, *, cuda: bool) -> tuple[Any, Any, str]:
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-    else:
-        sparse_tied_embedding_gradient(model)
     return model, tokenizer, path
 
 

@@ -23,7 +23,6 @@ log-probs from ``mipo score`` every D = l_theta - l_ref logged there is 0 up to 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -347,26 +346,6 @@ def response_kl(
     per_position = torch.cat(parts) if parts else policy_states.new_zeros(0, dtype=torch.float32)
     sums = torch.zeros(num_rows, dtype=torch.float32, device=policy_states.device)
     return sums.index_add(0, rows, per_position)
-
-
-def sparse_tied_embedding_gradient(model: Any) -> bool:
-    """Make the input embedding's gradient sparse when it shares its weight with the head.
-
-    The head's gradient touches every vocabulary row and arrives first in the backward pass;
-    the input side touches only the batch's token rows. As a dense [V, H] tensor it would be
-    a second buffer the size of the weight (640 MiB for Gemma 3 270M in fp32) added into the
-    first; as a sparse one it is added in place, and the optimizer still sees a dense
-    gradient. Untied weights keep dense gradients (optimizers such as AdamW refuse sparse
-    ones), and so do multi-process runs (their gradient reduction expects dense tensors).
-    Returns whether the model was changed.
-    """
-    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
-    tied = outputs is not None and inputs.weight is outputs.weight
-    single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    if not (tied and single_process and isinstance(inputs, torch.nn.Embedding)):
-        return False
-    inputs.sparse = True
-    return True
 
 
 def is_peft_model(model: Any) -> bool:
