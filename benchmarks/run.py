@@ -2,7 +2,8 @@
 
     python benchmarks/run.py --suite train|score|generate|export|all [--quick]
                              [--device cpu|cuda] [--model M] [--reps N]
-                             [--gen-tokens N] [--gradient-checkpointing]
+                             [--gen-tokens N] [--pairs-per-step N]
+                             [--gradient-checkpointing]
 
 Every comparison runs ours and the baseline on the same machine, model, data, batch and
 maximum length, alternating, each at least ``--reps`` times after a warm-up (one warm-up
@@ -367,6 +368,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per side")
     parser.add_argument("--gen-tokens", type=int, default=None, help="new tokens per prompt")
     parser.add_argument(
+        "--pairs-per-step",
+        type=int,
+        default=None,
+        help="train and score suites: pairs per step or batch on both sides (default 2)",
+    )
+    parser.add_argument(
         "--gradient-checkpointing",
         action="store_true",
         help="train suite: checkpoint activations on both sides (TRL's own default)",
@@ -387,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.gen_tokens < 1:
             raise SystemExit("--gen-tokens must be >= 1")
         settings = Settings(**{**settings.__dict__, "gen_tokens": args.gen_tokens})
+    if args.pairs_per_step is not None:
+        if args.pairs_per_step < 1:
+            raise SystemExit("--pairs-per-step must be >= 1")
+        settings = Settings(**{**settings.__dict__, "batch_size": args.pairs_per_step})
     if args.gradient_checkpointing:
         settings = Settings(**{**settings.__dict__, "gradient_checkpointing": True})
     with tempfile.TemporaryDirectory(prefix="mipo-bench-") as scratch:

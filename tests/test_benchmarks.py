@@ -76,6 +76,34 @@ def test_train_suite_prints_throughput_and_memory_lines(tmp_path: Path) -> None:
     assert lines[1]["metric"] == "peak RSS MiB"
 
 
+def test_head_benchmark_prints_its_comparisons() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "head.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    lines = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    assert [line["name"] for line in lines] == [
+        "head_forward",
+        "head_forward_backward",
+        "head_extra_peak_memory",
+        "head_forward_vs_tiles",
+        "head_forward_backward_vs_tiles",
+        "head_extra_peak_memory_vs_tiles",
+    ]
+    for line in lines:
+        assert set(line) == KEYS
+        assert line["settings"]["ours"] == "blocks"
+        if line["metric"] == "s":  # memory at these sizes may round to nothing
+            assert line["ours"] > 0 and line["baseline"] > 0
+            assert line["ratio"] == pytest.approx(
+                line["baseline"] / line["ours"], rel=1e-2, abs=2e-3
+            )
+
+
 def test_pairs_have_the_requested_token_lengths() -> None:
     tokenizer = make_tiny_tokenizer()
     shape = PairShape(pairs=6, prompt_tokens=20, response_tokens=12)
