@@ -81,6 +81,27 @@ def test_under_autocast_the_product_runs_in_the_autocast_dtype() -> None:
     assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
 
 
+def test_bf16_inputs_accumulate_gradients_in_fp32() -> None:
+    """A bf16 model (LoRA's frozen base on GPU): products in bf16, and the gradients summed
+    over vocabulary blocks and row tiles in fp32 before the one rounding to bf16."""
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(6, 32, generator=generator).bfloat16().requires_grad_()
+    weight = (torch.randn(50, 32, generator=generator) / 4).bfloat16().requires_grad_()
+    targets = torch.randint(0, 50, (6,), generator=generator)
+    upstream = torch.linspace(-1.0, 2.0, 6)
+    ours = linear_token_logps(hidden, weight, targets, chunk_size=4, vocab_block=7)
+    got = torch.autograd.grad((ours * upstream).sum(), [hidden, weight])
+    # Reference: fp32 copies of the same bf16 values, full logits.
+    hidden32 = hidden.detach().float().requires_grad_()
+    weight32 = weight.detach().float().requires_grad_()
+    expected = _full_logits_token_logps(hidden32, weight32, targets, None)
+    want = torch.autograd.grad((expected * upstream).sum(), [hidden32, weight32])
+    torch.testing.assert_close(ours, expected, rtol=0, atol=3e-2)
+    for ours_grad, expected_grad in zip(got, want, strict=True):
+        assert ours_grad.dtype == torch.bfloat16
+        torch.testing.assert_close(ours_grad.float(), expected_grad, rtol=2e-2, atol=2e-2)
+
+
 def test_gradient_only_for_the_inputs_that_need_it() -> None:
     """A frozen head (LoRA) gets no weight gradient; a frozen input gets no hidden gradient."""
     hidden = torch.randn(4, 8, requires_grad=True)

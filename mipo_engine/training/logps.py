@@ -135,7 +135,8 @@ class _LinearTokenLogProb(torch.autograd.Function):
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # fp32 accumulators: a bf16 sum over hundreds of blocks would lose the gradient.
         grad_hidden = torch.zeros_like(hidden, dtype=torch.float32) if need_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        # Written by the first row tile, added to by the others: no memset of a [V, H] zero.
+        grad_weight = torch.empty_like(weight, dtype=torch.float32) if need_weight else None
         grad_out = grad_out.float()
         matrix = weight.to(hidden.dtype)
         in_fp32 = hidden.dtype == torch.float32
@@ -162,13 +163,17 @@ class _LinearTokenLogProb(torch.autograd.Function):
                 if in_fp32:  # in place: no block-sized products allocated
                     if grad_hidden is not None:
                         grad_hidden[start:stop].addmm_(grad, weight_block)
-                    if grad_weight is not None:
+                    if grad_weight is not None and start == 0:
+                        torch.mm(grad.T, h, out=grad_weight[first : first + block])
+                    elif grad_weight is not None:
                         grad_weight[first : first + block].addmm_(grad.T, h)
                 else:
                     grad = grad.to(hidden.dtype)
                     if grad_hidden is not None:
                         grad_hidden[start:stop] += (grad @ weight_block).float()
-                    if grad_weight is not None:
+                    if grad_weight is not None and start == 0:
+                        grad_weight[first : first + block] = grad.T @ h
+                    elif grad_weight is not None:
                         grad_weight[first : first + block] += (grad.T @ h).float()
         if grad_hidden is not None:
             grad_hidden = grad_hidden.to(hidden.dtype)
