@@ -27,11 +27,11 @@ TILE_BYTES = 256 * 2**20
 
 # Bytes of fp32 logits per block on CPU: a block small enough to stay in cache between the
 # product that writes it and the softmax that reads it, instead of a round trip through
-# memory per tile. For 512 Gemma rows on 2 CPU cores, forward + backward went from 4.5 s
-# (256-row tiles over the whole vocabulary) to 3.6 s in 512 x 2048 blocks; the forward alone
-# from 1.37 s to 0.89 s, under the 1.31 s the whole-vocabulary product alone takes. Blocks of
-# 512 x 1024 and 512 x 4096 took 3.9 s; 256 x 2048 took 4.4 s (each weight block is read
-# once per row tile, so taller tiles read the weight fewer times).
+# memory per tile. For 512 Gemma rows on 2 CPU cores (benchmarks/head.py), forward +
+# backward went from 4.17 s (256-row tiles over the whole vocabulary) to 3.48 s in
+# 512 x 2048 blocks, the forward alone from 1.22 s to 0.87 s. In one sweep, blocks of
+# 512 x 1024 and 512 x 4096 were about 9% slower than 512 x 2048 and 256 x 2048 24% slower:
+# each weight block is read once per row tile, so taller tiles read the weight fewer times.
 CPU_BLOCK_BYTES = 4 * 2**20
 
 
