@@ -18,26 +18,30 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"name", "metric", "ours", "baseline", "ratio", "device", "model", "settings"}
 
 
-def run_suite(suite: str, tmp_path: Path) -> list[dict]:
+def run_script(script: str, *args: str) -> list[dict]:
+    """Run ``benchmarks/<script>`` and return the JSON lines it printed."""
     completed = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "benchmarks" / "run.py"),
-            "--suite",
-            suite,
-            "--quick",
-            "--workdir",
-            str(tmp_path / suite),
-            "--json-out",
-            str(tmp_path / "lines.jsonl"),
-        ],
+        [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=900,
         cwd=REPO_ROOT,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    lines = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+
+
+def run_suite(suite: str, tmp_path: Path) -> list[dict]:
+    lines = run_script(
+        "run.py",
+        "--suite",
+        suite,
+        "--quick",
+        "--workdir",
+        str(tmp_path / suite),
+        "--json-out",
+        str(tmp_path / "lines.jsonl"),
+    )
     saved = (tmp_path / "lines.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in saved[-len(lines) :]] == lines
     return lines
@@ -77,15 +81,7 @@ def test_train_suite_prints_throughput_and_memory_lines(tmp_path: Path) -> None:
 
 
 def test_head_benchmark_prints_its_comparisons() -> None:
-    completed = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "head.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    lines = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    lines = run_script("head.py", "--quick")
     assert [line["name"] for line in lines] == [
         "head_forward",
         "head_forward_backward",

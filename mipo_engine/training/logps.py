@@ -87,6 +87,20 @@ def _rows_by_block(targets: Tensor, block: int, vocab_size: int) -> list[Tensor]
     return list(torch.split(order, counts))
 
 
+def _write_product(out: Tensor, left: Tensor, right: Tensor, *, add: bool) -> None:
+    """``out`` (fp32) = or += ``left @ right``; in fp32 straight into ``out``, so no
+    product-sized temporary is allocated."""
+    if left.dtype == torch.float32:
+        if add:
+            out.addmm_(left, right)
+        else:
+            torch.mm(left, right, out=out)
+    elif add:
+        out += (left @ right).float()
+    else:
+        out.copy_(left @ right)
+
+
 class _LinearTokenLogProb(torch.autograd.Function):
     """log softmax(h W^T)[target] per row, computed and differentiated a block at a time."""
 
@@ -133,13 +147,12 @@ class _LinearTokenLogProb(torch.autograd.Function):
         rows, block, softcap = ctx.rows, ctx.block, ctx.softcap
         vocab = weight.shape[0]
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        # fp32 accumulators: a bf16 sum over hundreds of blocks would lose the gradient.
-        grad_hidden = torch.zeros_like(hidden, dtype=torch.float32) if need_hidden else None
-        # Written by the first row tile, added to by the others: no memset of a [V, H] zero.
+        # fp32 accumulators: a bf16 sum over hundreds of blocks would lose the gradient. Each
+        # is written by its first product and added to by the rest (no memset of zeros).
+        grad_hidden = torch.empty_like(hidden, dtype=torch.float32) if need_hidden else None
         grad_weight = torch.empty_like(weight, dtype=torch.float32) if need_weight else None
         grad_out = grad_out.float()
         matrix = weight.to(hidden.dtype)
-        in_fp32 = hidden.dtype == torch.float32
         buffer = torch.empty(
             (min(rows, hidden.shape[0]), block), dtype=hidden.dtype, device=hidden.device
         )
@@ -160,21 +173,12 @@ class _LinearTokenLogProb(torch.autograd.Function):
                 grad.index_put_((mine, t[mine] - first), g[mine], accumulate=True)
                 if cap_slope is not None:
                     grad.mul_(cap_slope)
-                if in_fp32:  # in place: no block-sized products allocated
-                    if grad_hidden is not None:
-                        grad_hidden[start:stop].addmm_(grad, weight_block)
-                    if grad_weight is not None and start == 0:
-                        torch.mm(grad.T, h, out=grad_weight[first : first + block])
-                    elif grad_weight is not None:
-                        grad_weight[first : first + block].addmm_(grad.T, h)
-                else:
-                    grad = grad.to(hidden.dtype)
-                    if grad_hidden is not None:
-                        grad_hidden[start:stop] += (grad @ weight_block).float()
-                    if grad_weight is not None and start == 0:
-                        grad_weight[first : first + block] = grad.T @ h
-                    elif grad_weight is not None:
-                        grad_weight[first : first + block] += (grad.T @ h).float()
+                grad = grad.to(hidden.dtype)  # itself in fp32
+                if grad_hidden is not None:
+                    _write_product(grad_hidden[start:stop], grad, weight_block, add=index > 0)
+                if grad_weight is not None:
+                    rows_of_block = grad_weight[first : first + block]
+                    _write_product(rows_of_block, grad.T, h, add=start > 0)
         if grad_hidden is not None:
             grad_hidden = grad_hidden.to(hidden.dtype)
         if grad_weight is not None:
