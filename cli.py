@@ -16,6 +16,7 @@ from mipo_engine.commands import export as export_command
 from mipo_engine.commands import generate, ingest
 from mipo_engine.commands import judge as judge_command
 from mipo_engine.commands import lab as lab_command
+from mipo_engine.commands import models as models_command
 from mipo_engine.commands import publish as publish_command
 from mipo_engine.commands import report as report_command
 from mipo_engine.commands import rubrics as rubrics_command
@@ -44,6 +45,7 @@ app.command("publish")(publish_command.command)
 app.add_typer(lab_command.app, name="lab")
 app.command("run")(run_command.command)
 app.command("report")(report_command.command)
+app.command("models")(models_command.command)
 
 
 @app.command("version")

@@ -110,6 +110,8 @@ def test_engine_options_on_cpu_use_a_fixed_kv_cache_and_eager_mode(
     assert options["kv_cache_memory_bytes"] == 2 * 1024**3
     assert options["enforce_eager"] is True
     assert "gpu_memory_utilization" not in options
+    # Seeded requests whose prompt is prefilled in pieces crash vLLM's CPU sampler.
+    assert options["enable_chunked_prefill"] is False
     chosen = engine_options(monkeypatch, on_cpu=True, gpu_memory_utilization=0.3)
     assert chosen["gpu_memory_utilization"] == 0.3
     assert "kv_cache_memory_bytes" not in chosen
@@ -117,6 +119,7 @@ def test_engine_options_on_cpu_use_a_fixed_kv_cache_and_eager_mode(
 
 def test_engine_options_on_gpu_and_with_an_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     options = engine_options(monkeypatch, on_cpu=False, adapter_rank=12, max_model_len=4096)
+    assert "enable_chunked_prefill" not in options
     assert options["gpu_memory_utilization"] == 0.9
     assert options["enforce_eager"] is False
     assert options["max_model_len"] == 4096
@@ -335,3 +338,59 @@ class TestServer:
             assert ours.num_tokens == reference.num_tokens
             bound = BF16_SCORE_TOLERANCE_PER_TOKEN * reference.num_tokens
             assert ours.logp == pytest.approx(reference.logp, abs=bound)
+
+
+@pytest.mark.slow
+@needs_vllm
+class TestAdapterEngine:
+    """One engine with a LoRA adapter serves the adapted model and, through
+    ``without_adapter``, the base model (what ``mipo eval`` scores PMI with)."""
+
+    @pytest.fixture(scope="class")
+    def backend(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMBackend]:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        from mipo_engine.backends.vllm import VLLMBackend
+        from mipo_engine.models import resolve_model
+
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(resolve_model(None), dtype=torch.float32)
+        # Random A and B: the adapter changes every log-prob, unlike PEFT's zero-B start.
+        config = LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        )
+        adapter = tmp_path_factory.mktemp("adapter") / "lora"
+        get_peft_model(base, config).save_pretrained(adapter)
+        backend = VLLMBackend(
+            None, dtype="float32", kv_cache_gib=1.0, adapter=str(adapter), show_progress=False
+        )
+        yield backend
+        backend.close()
+
+    def test_base_view_scores_the_model_without_its_adapter(
+        self, backend: VLLMBackend, hf_scores: list[ScoreResult]
+    ) -> None:
+        view = backend.without_adapter()
+        assert view is not None and view.lora_request is None
+        rendered = [backend.render(build_messages(p)) for p in PROMPTS]
+        base_scores = view.score(rendered, RESPONSES)
+        for ours, reference in zip(base_scores, hf_scores, strict=True):
+            assert ours.logp == pytest.approx(reference.logp, abs=SCORE_TOLERANCE)
+        adapted = backend.score(rendered, RESPONSES)
+        gaps = [abs(a.logp - b.logp) for a, b in zip(adapted, base_scores, strict=True)]
+        assert max(gaps) > 100 * SCORE_TOLERANCE
+        view.close()  # a view never shuts the shared engine down
+        assert backend.score(rendered[:1], RESPONSES[:1])[0].logp == pytest.approx(
+            adapted[0].logp, abs=1e-6
+        )
+
+    def test_many_seeded_requests_with_long_prompts(self, backend: VLLMBackend) -> None:
+        """About 19k prompt tokens at once: more than one engine step prefills, which crashed
+        vLLM's CPU sampler for seeded requests while prompts could be prefilled in pieces."""
+        long_prompt = "Summarize this note in one line. " + "The meeting moved to Friday. " * 40
+        requests = requests_for([long_prompt] * 64, list(range(64)))
+        results = backend.generate(requests, SamplingConfig(max_new_tokens=4, temperature=1.0))
+        assert len(results) == 64
+        assert all(r.finish_reason in ("stop", "length") for r in results)

@@ -251,7 +251,12 @@ def test_committed_files_match_the_build_script(
     spec.loader.exec_module(module)
     module.DATA_DIR = tmp_path
     module.main()
-    for name in ("personalization.jsonl", "general.jsonl", "personalization_heldout_ids.txt"):
+    for name in (
+        "personalization.jsonl",
+        "general.jsonl",
+        "personalization_heldout_ids.txt",
+        "personalization_dev_ids.txt",
+    ):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 

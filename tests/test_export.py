@@ -598,3 +598,56 @@ def test_project_trainer_trains_one_step_on_an_export(tiny_generations, tiny_mod
     )
     final = train.run_train(config)
     assert Path(final).exists()
+
+
+def test_length_ratio_and_copy_filters(tmp_path):
+    """Token ratios and 4-gram overlaps worked out by hand for each pair."""
+    context = "Use exactly three bullet points and a calm tone."
+    prompt = "Plan a picnic for my family."
+    rows = [
+        # 40 vs 10 tokens: ratio 4.0 > 3 -> dropped by max_length_ratio=3.
+        generation_row("ratio4", "q1", "a " * 40, "b " * 10, chosen_tokens=40, rejected_tokens=10),
+        # 30 vs 10: ratio exactly 3.0 -> kept.
+        generation_row("ratio3", "q2", "c " * 30, "d " * 10, chosen_tokens=30, rejected_tokens=10),
+        # 0 tokens counts as 1: 2 vs 0 -> ratio 2 -> kept.
+        generation_row("zero", "q3", "e e", "", chosen_tokens=2, rejected_tokens=0),
+        # The chosen side restates the requirements block. User turn words (19): plan a picnic
+        # for my family my requirements for your answer use exactly three bullet points and a
+        # calm tone -> 16 distinct 4-grams; the response repeats "my requirements ... tone"
+        # (words 7-19): 10 of them, 10/16 = 0.625 >= 0.5 -> dropped by max_copy=0.5.
+        generation_row(
+            "copier",
+            "q4",
+            "My requirements for your answer: use exactly three bullet points and a calm tone.",
+            "Bring food.",
+            prompt=prompt,
+            context=context,
+        ),
+        # Repeats only "plan a picnic for my family" (3 of 16 4-grams = 0.1875) -> kept.
+        generation_row(
+            "echo",
+            "q5",
+            "Plan a picnic for my family: - bread - fruit - a blanket.",
+            "Bring food.",
+            prompt=prompt,
+            context=context,
+        ),
+    ]
+    generations = write_generations(tmp_path / "g.parquet", rows)
+    kept = export(
+        {"generations": generations}, tmp_path / "r.parquet", **ALL_OFF, max_length_ratio=3
+    )
+    assert set(kept["id"]) == {"ratio3", "zero", "copier", "echo"}
+    kept = export({"generations": generations}, tmp_path / "c.parquet", **ALL_OFF, max_copy=0.5)
+    assert set(kept["id"]) == {"ratio4", "ratio3", "zero", "echo"}
+    counts = read_manifest(tmp_path / "c.parquet")["stats"]["filters"]
+    assert counts == [
+        {
+            "filter": "copy",
+            "setting": 0.5,
+            "removed": 1,
+            "description": "the chosen response repeats the user's message",
+        }
+    ]
+    with pytest.raises(ConfigError, match="max_copy"):
+        ExportConfig.from_options(generations=generations, out=tmp_path / "x.parquet", max_copy=0)

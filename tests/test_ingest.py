@@ -187,3 +187,21 @@ def test_template_syntax_in_prompts_is_kept_verbatim(tmp_path: Path):
     assert row["prompt"] == text
     content = build_messages(row["prompt"], row["context"])[0]["content"]
     assert text in content and "${context} {{x}}" in content
+
+
+def test_dev_and_fit_split_the_training_rows_by_prompt(tmp_path: Path):
+    from mipo_engine.judging.constraints import constraint_type
+
+    frames = {}
+    for name in ("train", "dev", "fit"):
+        out = tmp_path / f"{name}.parquet"
+        assert _ingest(f"builtin:personalization-{name}", "--out", str(out)).exit_code == 0
+        frames[name] = pl.read_parquet(out)
+    train, dev, fit = (set(frames[n]["id"]) for n in ("train", "dev", "fit"))
+    assert dev and fit and not dev & fit and dev | fit == train
+    # No prompt is in both: a dev prompt is never trained on while settings are chosen.
+    assert not set(frames["dev"]["prompt"]) & set(frames["fit"]["prompt"])
+    verifiable = sum(
+        any(constraint_type(item) for item in items) for items in frames["dev"]["context_items"]
+    )
+    assert verifiable >= 40

@@ -1,4 +1,5 @@
-"""The real default model (Gemma 3 270M base, converted from its PyPI GGUF): marked slow."""
+"""The real models from their PyPI GGUF files (SmolLM2-135M-Instruct, the default, and Gemma 3
+270M base where a test is about Gemma's architecture): marked slow."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from helpers.mipo_process import REPO_ROOT
 from mipo_engine.artifacts.schemas import GENERATIONS
 from mipo_engine.artifacts.store import read_artifact
 
@@ -53,8 +55,28 @@ def test_default_model_generates_sensible_pairs(tmp_path):
         letters = sum(ch.isalpha() or ch.isspace() for ch in text)
         assert letters / len(text) > 0.6, text
         assert "User:" not in text and "<bos>" not in text
+        assert "<|im_start|>" not in text and "<|im_end|>" not in text
     words = re.findall(r"[A-Za-z]{3,}", " ".join(texts))
     assert len(words) >= 20
+    # The default model's own ChatML template rendered the conditioning.
+    for chosen_input, rejected_input, context in zip(
+        frame["chosen_input"], frame["rejected_input"], frame["context"], strict=True
+    ):
+        assert chosen_input.startswith("<|im_start|>system\n")
+        assert chosen_input.endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert context in chosen_input and context not in rejected_input
+
+
+def test_quickstart_config_plans_with_the_default_model(tmp_path):
+    from mipo_engine.models import DEFAULT_MODEL_NAME, resolve_model
+    from mipo_engine.pipeline.config import load_pipeline
+    from mipo_engine.pipeline.runner import plan_pipeline
+
+    plan = plan_pipeline(load_pipeline(REPO_ROOT / "configs" / "quickstart.yaml"))
+    kinds = [stage.kind for stage in plan]
+    assert kinds[0] == "ingest" and "train" in kinds and kinds[-1] == "eval"
+    assert all(stage.options.get("model") in (None, DEFAULT_MODEL_NAME) for stage in plan)
+    assert resolve_model(None).endswith(DEFAULT_MODEL_NAME)
 
 
 def test_shared_prompt_scoring_matches_whole_sequences_on_gemma():
@@ -67,7 +89,7 @@ def test_shared_prompt_scoring_matches_whole_sequences_on_gemma():
     from mipo_engine.tokenization import encode_pair
     from mipo_engine.training.logps import sequence_logps
 
-    backend = HFBackend(None, device="cpu", batch_size=8, show_progress=False)
+    backend = HFBackend("gemma-3-270m", device="cpu", batch_size=8, show_progress=False)
     prompts = [
         render_chat(backend.tokenizer, [{"role": "user", "content": text}])
         for text in ("Name three rivers in Europe.", "Write a haiku about rain, in lowercase.")

@@ -564,3 +564,15 @@ def test_unreadable_files_are_listed_not_fatal(run_dir: Path, tmp_path: Path) ->
     page = write_report(broken, tmp_path / "out").read_text(encoding="utf-8")
     assert "Could not read" in page and "not a readable Parquet file" in page
     assert "No generations to sample pairs from" in page
+
+
+def test_glance_card_gives_the_paired_change_with_its_interval(page: str) -> None:
+    """personalization: per-item differences [1, 0, 0, 0] -> +25 points; every bootstrap
+    resample of four values in {0, 1} has a mean in [0, 100] points."""
+    import re
+
+    found = re.search(r"<b>\+25\.0 pts \[([+-]\d+\.\d), ([+-]\d+\.\d)\]</b>", page)
+    assert found, "the personalization card lacks its interval"
+    low, high = (float(value) for value in found.groups())
+    assert 0.0 <= low <= 25.0 <= high <= 100.0 and low < high
+    assert "(paired, bootstrap 95%)" in page

@@ -1261,6 +1261,31 @@ def heldout_ids(rows: list[dict[str, object]], rng: random.Random) -> list[str]:
     return sorted(str(row["id"]) for row in rows if row["prompt"] in held_prompts)
 
 
+DEV_SEED = 0
+DEV_VERIFIABLE_ROWS = 40
+
+
+def dev_ids(rows: list[dict[str, object]], held: list[str]) -> list[str]:
+    """Training rows on which settings are chosen: all rows of randomly drawn training
+    prompts, drawn until at least ``DEV_VERIFIABLE_ROWS`` of them have a verifiable item."""
+    held_set = set(held)
+    training = [row for row in rows if row["id"] not in held_set]
+    prompts = sorted({str(row["prompt"]) for row in training})
+    random.Random(DEV_SEED).shuffle(prompts)
+    chosen: set[str] = set()
+    verifiable = 0
+    for prompt in prompts:
+        if verifiable >= DEV_VERIFIABLE_ROWS:
+            break
+        chosen.add(prompt)
+        verifiable += sum(
+            any(constraint_type(t) for t in row["context_items"])  # type: ignore[union-attr]
+            for row in training
+            if row["prompt"] == prompt
+        )
+    return sorted(str(row["id"]) for row in training if row["prompt"] in chosen)
+
+
 def general_rows() -> list[dict[str, object]]:
     return [
         {
@@ -1297,11 +1322,13 @@ def main() -> None:
     _write_jsonl(DATA_DIR / "personalization.jsonl", rows)
     held = heldout_ids(rows, rng)
     (DATA_DIR / "personalization_heldout_ids.txt").write_text("\n".join(held) + "\n")
+    dev = dev_ids(rows, held)
+    (DATA_DIR / "personalization_dev_ids.txt").write_text("\n".join(dev) + "\n")
     _write_jsonl(DATA_DIR / "general.jsonl", general_rows())
     verifiable = sum(any(constraint_type(t) for t in r["context_items"]) for r in rows)
     print(
         f"personalization: {len(rows)} rows, {verifiable} with a verifiable item, "
-        f"{len(held)} held out; general: {len(GENERAL_PROMPTS)} rows"
+        f"{len(held)} held out, {len(dev)} dev; general: {len(GENERAL_PROMPTS)} rows"
     )
 
 

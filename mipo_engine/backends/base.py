@@ -97,6 +97,12 @@ class Backend(ABC):
         """log pi(response | prompt) summed over response tokens, for rendered prompts."""
         raise NotImplementedError(f"the {self.name} backend cannot score text")
 
+    def without_adapter(self) -> Backend | None:
+        """The same loaded model with its LoRA adapter switched off, sharing this backend's
+        memory, or None when the backend cannot do that (callers then load the base model
+        separately). Closing the view does nothing; closing this backend frees both."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model."""
 

@@ -12,6 +12,7 @@ vLLM starts worker processes with ``spawn``: a script that builds this backend m
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 from collections.abc import Sequence
@@ -87,7 +88,7 @@ class VLLMBackend(Backend):
     ) -> None:
         """Settings (all keyword-only except ``model``):
 
-        - ``model``: a safetensors folder or hub id; ``None`` is the default Gemma 3 270M.
+        - ``model``: a safetensors folder or hub id; ``None`` is the default catalogue model.
         - ``dtype``: ``auto`` (the checkpoint's), ``float32``, ``bfloat16`` or ``float16``.
         - ``gpu_memory_utilization``: share of GPU memory for weights and KV cache (on CPU: of
           system memory). Default 0.9 on GPU; on CPU the KV cache gets ``kv_cache_gib`` instead.
@@ -142,6 +143,16 @@ class VLLMBackend(Backend):
 
     def render(self, messages: list[Message]) -> str:
         return render_chat(self.tokenizer, messages)
+
+    def without_adapter(self) -> VLLMBackend | None:
+        """One engine serves the adapter and the base model: requests of the view carry no
+        LoRA request. The view shares the engine and never shuts it down."""
+        if self.lora_request is None:
+            return None
+        view = copy.copy(self)
+        view.lora_request = None
+        view._is_view = True
+        return view
 
     def default_stop(self) -> tuple[str, ...]:
         """Turn markers of the plain template, when the model has no template of its own."""
@@ -294,6 +305,8 @@ class VLLMBackend(Backend):
 
     def close(self) -> None:
         """Stop the engine's worker processes and free the model."""
+        if self.__dict__.get("_is_view"):
+            return
         llm = self.__dict__.pop("llm", None)
         if llm is None:
             return
@@ -347,6 +360,12 @@ def _engine_options(
         "enable_prefix_caching": enable_prefix_caching,
         "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
     }
+    if on_cpu:
+        # A prompt prefilled in pieces has its sampled token discarded and its random generator
+        # rewound, which CPU generators cannot do: seeded requests then crash the engine
+        # ("CPU Generator does not use offset"). Without chunked prefill a prompt is prefilled
+        # whole in one step.
+        options["enable_chunked_prefill"] = False
     if kv_cache_gib is None and gpu_memory_utilization is None and on_cpu:
         kv_cache_gib = CPU_KV_CACHE_GIB
     if kv_cache_gib is not None:

@@ -46,7 +46,9 @@ def command(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Model path or hub id; default: the bundled Gemma 3 270M base."),
+        typer.Option(
+            help="Model: a name from `mipo models`, a .gguf file, a folder or a Hub id; default: smollm2-135m-instruct."
+        ),
     ] = None,
     adapter: Annotated[
         Path | None,
@@ -98,7 +100,10 @@ def command(
     ] = "rubric",
     judge_backend: Annotated[str, typer.Option(help="Judge backend: hf, vllm or openai.")] = "hf",
     judge_model: Annotated[
-        str | None, typer.Option(help="Judge model; default: the bundled Gemma 3 270M base.")
+        str | None,
+        typer.Option(
+            help="Judge model (a name from `mipo models`, a file, folder or Hub id); default: smollm2-135m-instruct."
+        ),
     ] = None,
     judge_base_url: Annotated[
         str | None,

@@ -86,6 +86,20 @@ def command(
     near_duplicate_threshold: Annotated[
         float, typer.Option(help="Jaccard similarity counted as a near-duplicate (minhash).")
     ] = 0.8,
+    max_length_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Drop pairs whose longer response has more than this many times the other's "
+            "tokens."
+        ),
+    ] = None,
+    max_copy: Annotated[
+        float | None,
+        typer.Option(
+            help="Drop pairs whose chosen response repeats at least this share (0-1] of the "
+            "user turn's word 4-grams (the copy shortcut)."
+        ),
+    ] = None,
     min_pmi: Annotated[
         float | None,
         typer.Option(
@@ -120,6 +134,8 @@ def command(
             drop_duplicates=drop_duplicates,
             near_duplicates=near_duplicates,
             near_duplicate_threshold=near_duplicate_threshold,
+            max_length_ratio=max_length_ratio,
+            max_copy=max_copy,
             min_pmi=min_pmi,
             min_judge_margin=min_judge_margin,
         )

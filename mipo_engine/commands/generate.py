@@ -25,7 +25,9 @@ def command(
     backend: Annotated[str, typer.Option(help="Model backend: hf, vllm or openai.")] = "hf",
     model: Annotated[
         str | None,
-        typer.Option(help="Model path or hub id; default: the bundled Gemma 3 270M base."),
+        typer.Option(
+            help="Model: a name from `mipo models`, a .gguf file, a folder or a Hub id; default: smollm2-135m-instruct."
+        ),
     ] = None,
     n_pairs: Annotated[int, typer.Option(help="Pairs to generate per prompt row.")] = 1,
     max_new_tokens: Annotated[int, typer.Option(help="Maximum new tokens per response.")] = 256,

@@ -38,7 +38,10 @@ def command(
     ] = "rubric",
     backend: Annotated[str, typer.Option(help="Judge backend: hf, vllm or openai.")] = "hf",
     model: Annotated[
-        str | None, typer.Option(help="Judge model path or hub id; default: bundled Gemma 3 270M.")
+        str | None,
+        typer.Option(
+            help="Judge model: a name from `mipo models`, a .gguf file, a folder or a Hub id; default: smollm2-135m-instruct."
+        ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Maximum new tokens per judge reply.")] = 256,
     temperature: Annotated[

@@ -20,7 +20,10 @@ def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output rubrics .parquet.")],
     backend: Annotated[str, typer.Option(help="Model backend: hf, vllm or openai.")] = "hf",
     model: Annotated[
-        str | None, typer.Option(help="Model path or hub id; default: the bundled Gemma 3 270M.")
+        str | None,
+        typer.Option(
+            help="Model: a name from `mipo models`, a .gguf file, a folder or a Hub id; default: smollm2-135m-instruct."
+        ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Maximum new tokens per rubric.")] = 384,
     temperature: Annotated[

@@ -21,7 +21,9 @@ def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output scores .parquet.")],
     model: Annotated[
         str | None,
-        typer.Option(help="Reference model path or hub id; default: the bundled Gemma 3 270M."),
+        typer.Option(
+            help="Reference model: a name from `mipo models`, a .gguf file, a folder or a Hub id; default: smollm2-135m-instruct."
+        ),
     ] = None,
     backend: Annotated[str, typer.Option(help="Scoring backend: hf or vllm.")] = "hf",
     batch_size: Annotated[int, typer.Option(help="Sequences per forward batch (hf).")] = 8,

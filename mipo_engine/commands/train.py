@@ -37,7 +37,9 @@ def command(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Model path or hub id; default: the bundled Gemma 3 270M."),
+        typer.Option(
+            help="Model: a name from `mipo models`, a .gguf file, a folder or a Hub id; default: smollm2-135m-instruct."
+        ),
     ] = None,
     loss: Annotated[str, typer.Option(help=f"Loss: {', '.join(LOSS_NAMES)}.")] = "dpo",
     beta: Annotated[

@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from mipo_engine.artifacts.schemas import ArtifactSchema, Column, register_schema
+from mipo_engine.evaluation.copying import RESTATE_THRESHOLD
 from mipo_engine.evaluation.personalization import diversity
 from mipo_engine.evaluation.stats import bootstrap_ci
 
@@ -54,6 +55,12 @@ EVAL = register_schema(
             Column("logp_with_context", _F64, True, doc="log pi_base(y | x, c)"),
             Column("logp_without_context", _F64, True, doc="log pi_base(y | x)"),
             Column("pmi", _F64, True, doc="log pi_base(y | x, c) - log pi_base(y | x)"),
+            Column(
+                "copy_overlap",
+                _F64,
+                True,
+                doc="share of the user turn's word 4-grams the response repeats (personalization)",
+            ),
             Column("judge_score", _F64, True, doc="aggregated rubric score of the response"),
             Column("reference_score", _F64, True, doc="same for the reference response"),
             Column("win", _F64, True, doc="1 if judge_score >= reference_score (ties win)"),
@@ -114,6 +121,18 @@ def _entropy_summary(frame: pl.DataFrame) -> dict[str, Any]:
     }
 
 
+def _copying_summary(frame: pl.DataFrame) -> dict[str, Any] | None:
+    """How much responses repeat the user's own message (``evaluation.copying``)."""
+    overlaps = _present(frame, "copy_overlap") if "copy_overlap" in frame.columns else []
+    if not overlaps:
+        return None
+    return {
+        "copy_overlap": interval(overlaps),
+        "restates": interval([float(value >= RESTATE_THRESHOLD) for value in overlaps]),
+        "threshold": RESTATE_THRESHOLD,
+    }
+
+
 def _personalization_summary(frame: pl.DataFrame) -> dict[str, Any]:
     """Adherence, PMI, self-BLEU and (when judged) scores and win rate."""
     checkable = frame.filter(pl.col("verifiable_items") > 0)
@@ -128,6 +147,7 @@ def _personalization_summary(frame: pl.DataFrame) -> dict[str, Any]:
             else None
         ),
         "pmi": interval(_present(frame, "pmi")),
+        "copying": _copying_summary(frame),
         "self_bleu_4": diversity(
             frame["response"].to_list(), frame["item_id"].to_list(), frame["sample"].to_list()
         ),

@@ -110,7 +110,7 @@ def data_source(task: EvalTask, data: str | Path | None) -> Path | None:
         return Path(data)
     if task.kind == "personalization":
         from mipo_engine.resources import resource_dir
-        from mipo_engine.stages.ingest import BUILTIN_SETS
+        from mipo_engine.sources.builtin import BUILTIN_SETS
 
         name = str(data or DEFAULT_PERSONALIZATION_DATA).removeprefix("builtin:")
         file_name = BUILTIN_SETS.get(name, (None,))[0]
@@ -172,7 +172,7 @@ def _personalization_rows(data: str | Path) -> list[Row]:
 def _builtin_rows(name: str) -> list[Row]:
     """A built-in personalization set, split by the held-out id list like ``mipo ingest``."""
     from mipo_engine.resources import resource_dir
-    from mipo_engine.stages.ingest import BUILTIN_SETS, heldout_ids
+    from mipo_engine.sources.builtin import BUILTIN_SETS, in_split
 
     spec = f"builtin:{name}"
     if name not in BUILTIN_SETS or not name.startswith("personalization"):
@@ -186,10 +186,8 @@ def _builtin_rows(name: str) -> list[Row]:
         PROMPTS,
         file=spec,
     )
-    if split is not None:
-        held = sorted(heldout_ids())
-        keep = frame["id"].is_in(held)
-        frame = frame.filter(keep if split == "heldout" else ~keep)
+    keep = [row_id for row_id in frame["id"].to_list() if in_split(row_id, split)]
+    frame = frame.filter(pl.col("id").is_in(keep))
     rows = frame.to_dicts()
     for number, row in enumerate(rows, start=1):
         _check_row_fields(row, spec, number)

@@ -694,9 +694,18 @@ def _eval_card(group: EvalGroup) -> list[tuple[str, str]]:
     difference = group.rows[-1].difference.get(key)
     if not isinstance(difference, dict) or not _finite(difference.get("mean")):
         return []
-    value = difference["mean"] * (100 if percent else 1)
+    scale = 100 if percent else 1
+    value = difference["mean"] * scale
     text = f"{value:+.1f} pts" if percent else f"{value:+.3f}"
-    return [(text, f"{group.task} {key}: {group.rows[-1].label} vs {group.rows[0].label}")]
+    low, high = difference.get("low"), difference.get("high")
+    if _finite(low) and _finite(high):
+        text += (
+            f" [{low * scale:+.1f}, {high * scale:+.1f}]"
+            if percent
+            else (f" [{low:+.3f}, {high:+.3f}]")
+        )
+    label = f"{group.task} {key}: {group.rows[-1].label} vs {group.rows[0].label}"
+    return [(text, label + " (paired, bootstrap 95%)")]
 
 
 def _round_sections(

@@ -30,8 +30,9 @@ from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import fingerprint
 from mipo_engine.artifacts.store import is_complete, write_json_atomic
 from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig, create_backend
-from mipo_engine.chat import build_messages
+from mipo_engine.chat import build_messages, user_turn
 from mipo_engine.errors import ConfigError
+from mipo_engine.evaluation.copying import copy_overlap
 from mipo_engine.evaluation.personalization import adherence_counts, conditional_logps
 from mipo_engine.evaluation.raw import (
     backend_tokenizer,
@@ -71,7 +72,7 @@ class EvalConfig(StageConfig):
     """One of ``EVAL_TASKS``: gsm8k, svamp, mmlu, arc_easy, arc_challenge, personalization."""
     out: Path
     model: str | None = None
-    """Model path or hub id; None is the bundled Gemma 3 270M base."""
+    """Model name, path or hub id; None is the default catalogue model (``mipo models``)."""
     adapter: Path | None = None
     """A LoRA adapter folder (``mipo train --lora``) applied on top of ``model``."""
     data: str | None = None
@@ -294,6 +295,9 @@ def _evaluate_personalization(
             logp_with_context=with_context,
             logp_without_context=without_context,
             pmi=with_context - without_context,
+            copy_overlap=copy_overlap(
+                completion.text, user_turn(unit.item["prompt"], unit.item["context"])
+            ),
         )
         rows.append(row)
     return rows
@@ -338,10 +342,14 @@ def _open_backends(
             if config.adapter is None:
                 base = policy
             else:
-                base = create_backend(
-                    config.backend, config.model, **_backend_options(config, with_adapter=False)
-                )
-                owned.append(base)
+                base = policy.without_adapter()
+                if base is None:
+                    base = create_backend(
+                        config.backend,
+                        config.model,
+                        **_backend_options(config, with_adapter=False),
+                    )
+                    owned.append(base)
         yield _Backends(policy, base)
     finally:
         for backend in owned:

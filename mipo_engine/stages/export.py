@@ -167,6 +167,16 @@ class ExportConfig(StageConfig):
     near_duplicate_threshold: float = Field(
         0.8, gt=0.0, le=1.0, description="minhash: Jaccard similarity that counts as duplicate"
     )
+    max_length_ratio: float | None = Field(
+        None, ge=1.0, description="maximum ratio of the longer response's tokens to the other's"
+    )
+    max_copy: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="drop pairs whose chosen response repeats at least this share of the "
+        "user turn's word 4-grams",
+    )
     min_pmi: float | None = Field(None, description="minimum pmi_chosen (needs scores)")
     min_judge_margin: float | None = Field(
         None, description="minimum judge score(chosen) - score(rejected) (needs judgments)"
@@ -296,6 +306,10 @@ def build_filters(config: ExportConfig) -> list[filters.PairFilter]:
         selected.append(filters.not_truncated())
     if config.min_tokens is not None or config.max_tokens is not None:
         selected.append(filters.token_bounds(config.min_tokens, config.max_tokens))
+    if config.max_length_ratio is not None:
+        selected.append(filters.length_ratio(config.max_length_ratio))
+    if config.max_copy is not None:
+        selected.append(filters.not_copying(config.max_copy))
     if config.min_pmi is not None:
         selected.append(
             filters.at_least(

@@ -136,6 +136,52 @@ def token_bounds(min_tokens: int | None, max_tokens: int | None) -> PairFilter:
     return PairFilter("length", setting, keep, "a response is outside the token bounds")
 
 
+def length_ratio(max_ratio: float) -> PairFilter:
+    """Keep pairs whose longer response has at most ``max_ratio`` times the other's tokens.
+
+    A pair whose sides differ mostly in length teaches length rather than the context: DPO
+    on such pairs lengthens (or shortens) every answer. Token counts of 0 count as 1.
+    """
+    if max_ratio < 1.0:
+        raise ValueError(f"max_length_ratio must be >= 1, got {max_ratio}")
+
+    def keep(frame: pl.DataFrame) -> pl.Series:
+        chosen = pl.max_horizontal(pl.col("chosen_tokens"), pl.lit(1)).cast(pl.Float64)
+        rejected = pl.max_horizontal(pl.col("rejected_tokens"), pl.lit(1)).cast(pl.Float64)
+        ratio = pl.max_horizontal(chosen, rejected) / pl.min_horizontal(chosen, rejected)
+        return _mask(frame, ratio <= max_ratio)
+
+    return PairFilter(
+        "length_ratio", max_ratio, keep, "one response is more than N times as long as the other"
+    )
+
+
+def not_copying(max_overlap: float) -> PairFilter:
+    """Drop pairs whose chosen response repeats the user's message (the copy shortcut).
+
+    ``copy_overlap`` (``evaluation.copying``) of the chosen response against the rendered
+    user turn (``chat.user_turn(prompt, context)``) must stay below ``max_overlap``. A chosen
+    response that restates the requirements is likely *because* the requirements were in
+    its input, so training on it raises the pointwise MI without serving the user.
+    """
+    from mipo_engine.chat import user_turn
+    from mipo_engine.evaluation.copying import copy_overlap
+
+    def keep(frame: pl.DataFrame) -> pl.Series:
+        values = [
+            copy_overlap(chosen, user_turn(prompt, context)) < max_overlap
+            for chosen, prompt, context in zip(
+                frame["chosen"].to_list(),
+                frame["prompt"].to_list(),
+                frame["context"].to_list(),
+                strict=True,
+            )
+        ]
+        return pl.Series("keep", values, dtype=pl.Boolean)
+
+    return PairFilter("copy", max_overlap, keep, "the chosen response repeats the user's message")
+
+
 def at_least(column: str, threshold: float, *, name: str, description: str) -> PairFilter:
     """Keep pairs with ``column >= threshold``; a missing (null) value is dropped."""
 

@@ -15,18 +15,13 @@ from pydantic import Field
 from mipo_engine.artifacts.schemas import PROMPTS
 from mipo_engine.errors import InputError
 from mipo_engine.resources import resource_dir
+from mipo_engine.sources.builtin import BUILTIN_SETS, in_split
 from mipo_engine.sources.files import normalise_record, read_records
 from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
 
 Task = Literal["general", "personalization", "math", "mcq"]
 FileFormat = Literal["auto", "jsonl", "csv", "parquet", "gsm8k", "svamp", "arc", "mmlu"]
 
-BUILTIN_SETS = {
-    "personalization": ("personalization.jsonl", None),
-    "personalization-train": ("personalization.jsonl", "train"),
-    "personalization-heldout": ("personalization.jsonl", "heldout"),
-    "general": ("general.jsonl", None),
-}
 BENCHMARK_FORMATS = ("gsm8k", "svamp", "arc", "mmlu")
 # Training-side files of the shared benchmark folder, for ``bench:NAME:SPLIT``.
 BENCHMARK_SPLITS = {
@@ -51,11 +46,6 @@ class IngestConfig(StageConfig):
     limit: int | None = Field(None, ge=1, description="keep the first N rows after reading")
 
 
-def heldout_ids() -> set[str]:
-    path = resource_dir("data") / "personalization_heldout_ids.txt"
-    return {line.strip() for line in path.read_text(encoding="utf-8").split("\n") if line.strip()}
-
-
 def _builtin_rows(name: str, config: IngestConfig) -> tuple[list[dict], Path]:
     if name not in BUILTIN_SETS:
         raise InputError(
@@ -65,9 +55,7 @@ def _builtin_rows(name: str, config: IngestConfig) -> tuple[list[dict], Path]:
     file_name, split = BUILTIN_SETS[name]
     path = resource_dir("data") / file_name
     rows = _file_rows(path, config.model_copy(update={"format": "jsonl"}))
-    if split is not None:
-        held = heldout_ids()
-        rows = [r for r in rows if (r["id"] in held) == (split == "heldout")]
+    rows = [r for r in rows if in_split(r["id"], split)]
     return rows, path
 
 

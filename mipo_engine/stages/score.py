@@ -52,7 +52,7 @@ class ScoreConfig(StageConfig):
     """A ``generations`` artifact (or a ``preferences`` artifact)."""
     out: Path
     model: str | None = None
-    """The reference model; None: the default Gemma 3 270M."""
+    """The reference model; None: the default catalogue model (``mipo models``)."""
     backend: Literal["hf", "vllm"] = "hf"
     batch_size: int = Field(8, ge=1, description="sequences per forward batch (hf)")
     max_length: int = Field(1024, ge=8, description="tokens per prompt + response")

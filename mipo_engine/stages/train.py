@@ -71,7 +71,7 @@ class TrainConfig(StageConfig):
     prior_scores: Path | None = None
     """Previous-round policy scores for MI-DPO's ``dice`` prior."""
     model: str | None = None
-    """Model path or hub id; None: the default Gemma 3 270M."""
+    """Model name, path or hub id; None: the default catalogue model (``mipo models``)."""
     split: str = "train"
     """Rows of this ``split`` of a preferences artifact (generations have no splits)."""
     loss: str = "dpo"
