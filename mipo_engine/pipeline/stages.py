@@ -112,5 +112,16 @@ STAGE_KINDS: dict[str, StageKind] = {
     )
 }
 
+# A train stage with an online ``method`` (grpo, rloo) samples for a prompts artifact instead.
+ONLINE_TRAIN_WIRES: dict[str, tuple[str, ...]] = {"prompts": ("prompts",)}
+
+
+def stage_wires(kind: StageKind, options: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Which settings of this stage take earlier artifacts, given its options."""
+    if kind.name == "train" and options.get("method", "offline") != "offline":
+        return ONLINE_TRAIN_WIRES
+    return kind.wires
+
+
 # Stages repeated by ``--rounds``: each round generates with the previous round's policy.
 ROUND_STAGES = ("generate", "score", "export", "train")
