@@ -53,6 +53,9 @@ def command(
     judge_base_url: Annotated[
         str | None, typer.Option(help="OpenAI-compatible server of the judge.")
     ] = None,
+    judge_max_new_tokens: Annotated[
+        int, typer.Option(help="Tokens the judge may write before its score.")
+    ] = 128,
     judge_weight: Annotated[float, typer.Option(help="Weight of the judge in judge+mi.")] = 1.0,
     mi_weight: Annotated[float, typer.Option(help="Weight of MI in judge+mi.")] = 1.0,
     num_generations: Annotated[
@@ -170,6 +173,7 @@ def command(
             reward=reward,
             judge_model=judge_model,
             judge_base_url=judge_base_url,
+            judge_max_new_tokens=judge_max_new_tokens,
             judge_weight=judge_weight,
             mi_weight=mi_weight,
             num_generations=num_generations,

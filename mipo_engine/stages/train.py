@@ -82,6 +82,8 @@ class TrainConfig(StageConfig):
     the model name on ``judge_base_url``."""
     judge_base_url: str | None = None
     """An OpenAI-compatible server to judge with."""
+    judge_max_new_tokens: int = Field(128, ge=1)
+    """Tokens the judge may write (its feedback, then the ``[RESULT] N`` line)."""
     judge_weight: float = 1.0
     mi_weight: float = 1.0
     """Weights of ``judge+mi``: judge_weight * judge + mi_weight * mi."""
@@ -180,6 +182,7 @@ ONLINE_FIELDS = (
     "reward",
     "judge_model",
     "judge_base_url",
+    "judge_max_new_tokens",
     "judge_weight",
     "mi_weight",
     "num_generations",
@@ -355,7 +358,9 @@ def load_training_pairs(
     pairs = read_pairs(
         config.preferences, render=lambda m: render_chat(tokenizer, m), split=config.split
     )
-    if config.scores is not None:
+    # A reference-free loss (sft, simpo) reads no reference scores: a pipeline may wire in
+    # scores of other pairs (SFT on revisions keeps the ids of the pairs it revised).
+    if config.scores is not None and settings.needs_reference:
         pairs = attach_scores(pairs, config.scores)
     if settings.needs_prior_scores:
         if config.prior_scores is None:
@@ -902,6 +907,7 @@ def run_online_train(config: TrainConfig, *, callbacks: list[Any] | None = None)
         judge_weight=config.judge_weight,
         mi_weight=config.mi_weight,
         max_length=config.max_length,
+        judge_max_new_tokens=config.judge_max_new_tokens,
     )
     settings = OnlineSettings(
         num_generations=config.num_generations,

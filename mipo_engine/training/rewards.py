@@ -247,6 +247,7 @@ def build_reward(
     mi_weight: float = 1.0,
     max_length: int | None = None,
     judge_retries: int = 1,
+    judge_max_new_tokens: int = 256,
 ) -> Reward:
     """The reward called ``name`` over the given backends."""
     spec = get_reward_spec(name)
@@ -257,12 +258,15 @@ def build_reward(
     if name == "mi":
         return MIReward(reference, max_length=max_length)  # type: ignore[arg-type]
     if name == "judge":
-        return JudgeReward(judge, retries=judge_retries)  # type: ignore[arg-type]
+        return JudgeReward(judge, retries=judge_retries, max_new_tokens=judge_max_new_tokens)  # type: ignore[arg-type]
     if name == "judge+mi":
         return WeightedReward(
             name,
             [
-                (judge_weight, JudgeReward(judge, retries=judge_retries)),  # type: ignore[arg-type]
+                (
+                    judge_weight,
+                    JudgeReward(judge, retries=judge_retries, max_new_tokens=judge_max_new_tokens),
+                ),  # type: ignore[arg-type]
                 (mi_weight, MIReward(reference, max_length=max_length)),  # type: ignore[arg-type]
             ],
         )
