@@ -122,6 +122,13 @@ def test_two_grpo_steps_with_the_mi_reward_then_resume(
     assert [r["step"] for r in _metrics(out)] == [1, 2]
     assert (out / "checkpoint-2").is_dir() and (out / "final").is_dir()
 
+    # The report shows the online run with its method, reward and reward curve.
+    report = runner.invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "grpo (mi): 2 steps on 4 prompts" in page
+    assert (tmp_path / "report" / "online_rewards.png").is_file()
+
 
 def test_rloo_with_lora_and_the_verify_reward(
     tiny_model_dir: Path, prompt_sets: dict[str, Path], tmp_path: Path
