@@ -851,7 +851,7 @@ def _online_backends(config: TrainConfig, *, cuda: bool) -> tuple[Any, Any]:
     reference = None
     if spec.needs_reference or (spec.needs_judge and judge_is_reference):
         reference = create_backend(
-            "hf", config.model, device=device, dtype="float32", show_progress=False
+            "hf", config.model, device=device, dtype="auto", show_progress=False
         )
     judge = None
     if spec.needs_judge and config.judge_base_url:
