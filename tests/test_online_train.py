@@ -176,6 +176,7 @@ def test_judge_reward_with_the_reference_as_judge_records_unreadable_replies(
         (["--method", "ppo", "--reward", "mi"], "no PPO trainer"),
         (["--reward", "mi", "--num-generations", "3"], "multiple of --num-generations"),
         (["--reward", "mi", "--report-to", "nosuchtracker"], "unknown tracker"),
+        (["--reward", "mi", "--report-to", "neptune"], "tracker 'neptune' is not installed"),
     ],
 )
 def test_bad_options_exit_2_and_write_nothing(
