@@ -177,6 +177,9 @@ def online_arguments(method: str, base: dict[str, Any], settings: OnlineSettings
         disable_dropout=True,
         shuffle_dataset=True,
         log_completions=False,
+        # Sampling reuses keys and values; the policy was loaded with the cache off for the
+        # training forward passes, and transformers' generate would otherwise follow that.
+        generation_kwargs={"use_cache": True},
     )
 
 
