@@ -19,7 +19,7 @@ from mipo_engine.training.rewards import (
     build_reward,
     verifiable,
 )
-from tests.scripted_backend import ScriptedBackend
+from tests.scripted_backend import ScriptedBackend, StructuredScriptedBackend
 
 
 def _plain_logp(model, tokenizer, messages, response: str) -> float:
@@ -106,6 +106,22 @@ def test_judge_reward_against_a_scripted_backend() -> None:
     asked = ScriptedBackend.text_of(backend.requests[0].messages)
     assert "Use bullet points." in asked and "Tips?" in asked and "[RESULT]" in asked
     assert backend.samplings[0].temperature == 0
+
+
+def test_judge_reward_uses_constrained_decoding_where_the_backend_offers_it() -> None:
+    """A backend with ``generate_structured`` is asked for one of "1".."5" directly."""
+
+    def script(text: str, call: int) -> str:
+        return "4" if "- " in text.split("=== Reply to evaluate ===")[-1] else "2"
+
+    backend = StructuredScriptedBackend(script)
+    reward = JudgeReward(backend)
+    items = [
+        RewardItem("Tips?", "Use bullet points.", "- a bullet"),
+        RewardItem("Tips?", "Use bullet points.", "prose"),
+    ]
+    assert reward(items) == [4.0, 2.0]
+    assert backend.structured_calls == 1 and reward.unparsed == 0
 
 
 def test_judge_plus_mi_is_the_weighted_sum(tiny_model_dir: Path) -> None:
