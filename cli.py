@@ -19,6 +19,7 @@ from mipo_engine.commands import lab as lab_command
 from mipo_engine.commands import models as models_command
 from mipo_engine.commands import publish as publish_command
 from mipo_engine.commands import report as report_command
+from mipo_engine.commands import revise as revise_command
 from mipo_engine.commands import rubrics as rubrics_command
 from mipo_engine.commands import run as run_command
 from mipo_engine.commands import score as score_command
@@ -37,6 +38,7 @@ app.command("generate")(generate.command)
 app.command("contexts")(contexts_command.command)
 app.command("rubrics")(rubrics_command.command)
 app.command("judge")(judge_command.command)
+app.command("revise")(revise_command.command)
 app.command("score")(score_command.command)
 app.command("train")(train_command.command)
 app.command("eval")(eval_command.command)

@@ -74,6 +74,33 @@ def test_wiring_fills_inputs_from_earlier_stages(tmp_path, tiny_model_dir):
     assert plan["after"]["adapter"] == str(tmp_path / "train" / "final")
 
 
+def test_online_train_stage_reads_the_prompts_and_runs(tmp_path, tiny_model_dir):
+    """A train stage with an online method is wired to the prompts, not to pairs, and its
+    policy can be evaluated like an offline one."""
+    config = parse_pipeline(
+        {
+            "run_dir": str(tmp_path),
+            "defaults": {"model": str(tiny_model_dir)},
+            "stages": [
+                {"stage": "ingest", "inputs": ["builtin:personalization-train"], "limit": 4},
+                {"stage": "generate", "max_new_tokens": 4, "batch_size": 4},
+                {"stage": "train", "name": "grpo_mi", "method": "grpo", "reward": "mi",
+                 "num_generations": 2, "per_device_batch_size": 4, "max_steps": 1,
+                 "max_completion_length": 4, "max_length": 96, "lora_r": 2},
+                {"stage": "eval", "name": "after", "task": "gsm8k", "policy": "grpo_mi"},
+            ],
+        }
+    )  # fmt: skip
+    plan = {stage.entry.name: stage for stage in plan_pipeline(config)}
+    assert plan["grpo_mi"].options["prompts"] == str(tmp_path / "prompts.parquet")
+    assert plan["grpo_mi"].options.get("preferences") is None
+    assert plan["after"].options["adapter"] == str(tmp_path / "grpo_mi" / "final")
+    records = run_pipeline(config, to_stage="grpo_mi")
+    assert _statuses(records)["grpo_mi"] == "done"
+    metrics = (tmp_path / "grpo_mi" / "metrics.jsonl").read_text().splitlines()
+    assert "rewards/mi/mean" in json.loads(metrics[-1])
+
+
 @pytest.mark.parametrize(
     ("config", "key"),
     [

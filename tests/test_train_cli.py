@@ -95,6 +95,41 @@ def test_loss_names_in_the_cli_help_match_the_registry() -> None:
     assert tuple(LOSS_NAMES) == tuple(LOSSES)
 
 
+def test_method_and_reward_names_in_the_cli_help_match_the_registries() -> None:
+    from mipo_engine.commands.train import METHOD_NAMES, REWARD_NAMES
+    from mipo_engine.training.online import METHOD_NAMES as METHODS
+    from mipo_engine.training.rewards import REWARDS
+
+    assert tuple(METHOD_NAMES) == tuple(METHODS)
+    assert tuple(REWARD_NAMES) == tuple(REWARDS)
+
+
+def test_offline_training_reports_to_tensorboard_with_the_run_settings(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    args = _train_args(data, out, "--loss", "dpo", "--max-steps", "2", "--logging-steps", "1")
+    result = runner.invoke(app, [*args, "--report-to", "tensorboard"])
+    assert result.exit_code == 0, result.output
+    files = list(out.rglob("events.out.tfevents.*"))
+    assert files
+    tags: set[str] = set()
+    texts = []
+    for file in files:
+        events = EventAccumulator(str(file), size_guidance={"tensors": 0})
+        events.Reload()
+        tags |= set(events.Tags()["scalars"])
+        for tag in events.Tags()["tensors"]:
+            texts += [v.decode() for e in events.Tensors(tag) for v in e.tensor_proto.string_val]
+    assert {"train/loss", "train/rewards/margins"} <= tags
+    assert '"mipo_train"' in "".join(texts) and '"loss": "dpo"' in "".join(texts)
+    # The tracker is not part of the run's identity: the same run without it is up to date.
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "up to date" in again.output
+
+
 def test_lora_run_writes_metrics_final_adapter_and_plot(
     data: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -240,6 +275,8 @@ def test_non_finite_loss_stops_with_a_clear_error_and_saves_nothing_broken(
         (["--loss", "mi_dpo", "--prior", "dice"], "--prior-scores"),
         (["--loss", "unknown"], "choose one of"),
         (["--per-device-batch-size", "0"], "per_device_batch_size"),
+        (["--report-to", "tensorboard,none"], "'none' cannot be combined"),
+        (["--report-to", "tenserboard"], "unknown tracker 'tenserboard'"),
     ],
 )
 def test_bad_options_exit_2_with_the_option_named(

@@ -12,19 +12,69 @@ from mipo_engine.commands.shared import call_stage, done
 # The registry (mipo_engine.training.losses.LOSSES) imports torch; naming its entries here
 # keeps `mipo --help` fast. tests/test_train_cli.py checks this list against the registry.
 LOSS_NAMES = ("dpo", "mio", "infopo", "simpo", "mi_dpo", "infonce", "sft", "dpo_pg")
+# Likewise for the online methods and rewards (training.online.METHOD_NAMES,
+# training.rewards.REWARDS), checked by the same test.
+METHOD_NAMES = ("offline", "grpo", "rloo", "ppo")
+REWARD_NAMES = ("mi", "judge", "judge+mi", "verify")
 
 
 def command(
-    preferences: Annotated[
-        Path,
-        typer.Option(
-            help="Pairs to train on: a generations .parquet (mipo generate) or a preferences "
-            ".parquet (mipo export)."
-        ),
-    ],
     output_dir: Annotated[
         Path, typer.Option(help="Folder for checkpoints, metrics.jsonl, final/ and the plot.")
     ],
+    preferences: Annotated[
+        Path | None,
+        typer.Option(
+            help="Pairs to train on (--method offline): a generations .parquet (mipo generate) "
+            "or a preferences .parquet (mipo export)."
+        ),
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help=f"{', '.join(METHOD_NAMES)}: offline preference losses, or online RL on "
+            "TRL's trainers (the installed TRL has no PPO trainer)."
+        ),
+    ] = "offline",
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="Prompts artifact to sample completions for (online methods)."),
+    ] = None,
+    reward: Annotated[
+        str | None, typer.Option(help=f"Online reward: {', '.join(REWARD_NAMES)}.")
+    ] = None,
+    judge_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Judge of the judge rewards: 'reference' (the frozen starting model), a model "
+            "path, or the model name served at --judge-base-url."
+        ),
+    ] = None,
+    judge_base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server of the judge.")
+    ] = None,
+    judge_max_new_tokens: Annotated[
+        int, typer.Option(help="Tokens the judge may write before its score.")
+    ] = 128,
+    judge_weight: Annotated[float, typer.Option(help="Weight of the judge in judge+mi.")] = 1.0,
+    mi_weight: Annotated[float, typer.Option(help="Weight of MI in judge+mi.")] = 1.0,
+    num_generations: Annotated[
+        int, typer.Option(help="Completions sampled per prompt (online).")
+    ] = 4,
+    max_completion_length: Annotated[
+        int, typer.Option(help="Tokens per sampled completion (online).")
+    ] = 128,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (online).")] = 1.0,
+    kl_coef: Annotated[
+        float, typer.Option(help="KL penalty toward the starting model (online).")
+    ] = 0.0,
+    report_to: Annotated[
+        str,
+        typer.Option(
+            help="Trackers, comma-separated: none, tensorboard, wandb, trackio, mlflow, ... "
+            "(run settings are logged as their config)."
+        ),
+    ] = "none",
     split: Annotated[
         str, typer.Option(help="Split of a preferences artifact to train on (mipo export).")
     ] = "train",
@@ -77,7 +127,9 @@ def command(
     learning_rate: Annotated[
         float | None, typer.Option(help="Peak learning rate; default 5e-6 (full) or 1e-4 (LoRA).")
     ] = None,
-    per_device_batch_size: Annotated[int, typer.Option(help="Pairs per device per step.")] = 4,
+    per_device_batch_size: Annotated[
+        int, typer.Option(help="Pairs (offline) or completions (online) per device per step.")
+    ] = 4,
     gradient_accumulation_steps: Annotated[
         int, typer.Option(help="Micro-batches per optimizer step.")
     ] = 1,
@@ -107,7 +159,8 @@ def command(
     ] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Train with DPO, MIO, InfoPO, SimPO, MI-DPO, InfoNCE, SFT or DPO-PG.
+    """Train with DPO, MIO, InfoPO, SimPO, MI-DPO, InfoNCE, SFT or DPO-PG, or online with
+    GRPO/RLOO and a reward (MI, RLAIF judge, both, or verifiable answers).
 
     A transformers Trainer underneath, so it also runs under accelerate launch or torchrun.
     """
@@ -117,6 +170,19 @@ def command(
         config = TrainConfig.from_options(
             preferences=preferences,
             output_dir=output_dir,
+            method=method,
+            prompts=prompts,
+            reward=reward,
+            judge_model=judge_model,
+            judge_base_url=judge_base_url,
+            judge_max_new_tokens=judge_max_new_tokens,
+            judge_weight=judge_weight,
+            mi_weight=mi_weight,
+            num_generations=num_generations,
+            max_completion_length=max_completion_length,
+            temperature=temperature,
+            kl_coef=kl_coef,
+            report_to=tuple(report_to.split(",")),
             split=split,
             scores=scores,
             prior_scores=prior_scores,

@@ -24,7 +24,7 @@ from mipo_engine.artifacts.manifest import describe_inputs, fingerprint, now_iso
 from mipo_engine.artifacts.store import is_complete, write_json_atomic
 from mipo_engine.errors import ConfigError
 from mipo_engine.pipeline.config import PipelineConfig, StageEntry
-from mipo_engine.pipeline.stages import ROUND_STAGES, STAGE_KINDS
+from mipo_engine.pipeline.stages import ROUND_STAGES, STAGE_KINDS, stage_wires
 
 console = Console(stderr=True)
 STATE_FILE = "state.json"
@@ -124,7 +124,7 @@ def plan_pipeline(config: PipelineConfig, *, rounds: int | None = None) -> list[
             else:
                 options["model"] = str(_merged_policy_path(policy))
         input_keys = []
-        for key, kinds in kind.wires.items():
+        for key, kinds in stage_wires(kind, options).items():
             input_keys.append(key)
             if options.get(key) is not None:
                 continue

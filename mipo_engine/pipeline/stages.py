@@ -56,6 +56,15 @@ STAGE_KINDS: dict[str, StageKind] = {
             {"prompts": ("prompts",)},
         ),
         StageKind(
+            "revise",
+            f"{_S}.revise:ReviseConfig",
+            f"{_S}.revise:run_revise",
+            "out",
+            "revisions",
+            {"generations": ("generations",), "prompts": ("prompts",)},
+            optional=frozenset({"prompts"}),
+        ),
+        StageKind(
             "score",
             f"{_S}.score:ScoreConfig",
             f"{_S}.score:run_score",
@@ -95,7 +104,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             f"{_S}.train:run_train",
             "output_dir",
             "model",
-            {"preferences": ("preferences", "generations"), "scores": ("scores",)},
+            {"preferences": ("preferences", "generations", "revisions"), "scores": ("scores",)},
             optional=frozenset({"scores"}),
             directory_output=True,
         ),
@@ -111,6 +120,17 @@ STAGE_KINDS: dict[str, StageKind] = {
         ),
     )
 }
+
+# A train stage with an online ``method`` (grpo, rloo) samples for a prompts artifact instead.
+ONLINE_TRAIN_WIRES: dict[str, tuple[str, ...]] = {"prompts": ("prompts",)}
+
+
+def stage_wires(kind: StageKind, options: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Which settings of this stage take earlier artifacts, given its options."""
+    if kind.name == "train" and options.get("method", "offline") != "offline":
+        return ONLINE_TRAIN_WIRES
+    return kind.wires
+
 
 # Stages repeated by ``--rounds``: each round generates with the previous round's policy.
 ROUND_STAGES = ("generate", "score", "export", "train")

@@ -386,6 +386,10 @@ def _note(artifact: Artifact) -> str:
             return f"kept {kept} of {total} pairs ({100 * kept / total:.0f}%)"
     if artifact.stage == "score" and stats.get("pmi_chosen_mean") is not None:
         return f"mean PMI {stats['pmi_chosen_mean']:.3f}"
+    if artifact.stage == "train" and artifact.manifest.get("method") not in (None, "offline"):
+        method, reward = artifact.manifest.get("method"), artifact.manifest.get("reward")
+        prompts = artifact.manifest.get("prompts")
+        return f"{method} ({reward}): {stats.get('global_step')} steps on {prompts} prompts"
     if artifact.stage == "train":
         steps = stats.get("global_step")
         pairs = artifact.manifest.get("pairs")
@@ -814,7 +818,10 @@ def build_header(run: RunData) -> dict[str, str]:
         for key in ("strategy", "backend"):
             if config.get(key):
                 header[key] = str(config[key])
-    if run.training is not None and run.training.loss:
+    online = (run.training.manifest or {}) if run.training is not None else {}
+    if online.get("method") not in (None, "offline"):
+        header["loss"] = f"{online['method']}, reward {online.get('reward')}"
+    elif run.training is not None and run.training.loss:
         loss = run.training.loss
         text = str(loss.get("loss"))
         extras = [f"{k}={loss[k]:g}" for k in ("beta", "gamma", "eta") if _finite(loss.get(k))]

@@ -186,6 +186,33 @@ def rewards_figure(training: TrainingData) -> bytes | None:
     return _png(figure)
 
 
+def online_rewards_figure(training: TrainingData) -> bytes | None:
+    """Mean reward of the sampled completions per step (online methods), each named reward
+    and their sum, with the spread within a step's completions."""
+    steps, means = training.series("reward")
+    if not steps:
+        return None
+    figure, axes = _new_figure(2)
+    _plot_series(axes[0], steps, means, color=NEUTRAL, label="total reward")
+    names = sorted(
+        {k.split("/")[1] for r in training.records for k in r if k.startswith("rewards/")}
+        - {"chosen", "rejected", "margins", "accuracies"}
+    )
+    for name, color in zip(names, (CHOSEN, REJECTED, REFERENCE), strict=False):
+        if len(names) > 1:
+            name_steps, values = training.series(f"rewards/{name}/mean")
+            _plot_series(axes[0], name_steps, values, color=color, label=name)
+    axes[0].set_title("mean reward of the sampled completions")
+    axes[0].legend(frameon=False)
+    std_steps, spread = training.series("reward_std")
+    if std_steps:
+        _plot_series(axes[1], std_steps, spread, color=NEUTRAL, label="std")
+    axes[1].set_title("reward spread within a step")
+    for axis in axes:
+        _label_steps(axis)
+    return _png(figure)
+
+
 # --------------------------------------------------------------------------------------------
 # Pairs
 # --------------------------------------------------------------------------------------------
@@ -331,6 +358,14 @@ def run_figures(run: RunData, *, prefix: str = "") -> dict[str, Figure]:
                 "pairs whose chosen log-ratio exceeds the rejected one.",
                 run.training,
                 rewards_figure,
+            ),
+            (
+                "online_rewards",
+                "Rewards of the sampled completions",
+                "Online training (GRPO/RLOO): the mean reward of each step's completions, per "
+                "named reward and in total, and its spread within the step.",
+                run.training,
+                online_rewards_figure,
             ),
         ]
     if run.pairs is not None:

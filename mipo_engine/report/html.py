@@ -301,7 +301,8 @@ def training_body(run: RunData, figures: dict[str, Figure]) -> str:
         ]
         parts.append(_table(header, rows, (1, 2)))
     parts.append(_training_facts(training))
-    shown = "".join(_figure(figures.get(key)) for key in ("logps", "rewards", "loss"))
+    keys = ("logps", "rewards", "online_rewards", "loss")
+    shown = "".join(_figure(figures.get(key)) for key in keys)
     return "".join(parts) + f'<div class="figs">{shown}</div>'
 
 
@@ -314,13 +315,25 @@ def _training_facts(training: TrainingData) -> str:
         )
     stats = manifest.get("stats") or {}
     loss = manifest.get("loss") or {}
+    if manifest.get("method") not in (None, "offline"):
+        trained = [
+            f"method <b>{_t(manifest.get('method'))}</b>, reward <b>{_t(manifest.get('reward'))}</b>"
+            + (f" (judge {_t(manifest.get('judge'))})" if manifest.get("judge") else ""),
+            f"learning rate {_t(_general(manifest.get('learning_rate')))}",
+            f"{fmt_number(stats.get('global_step'))} steps "
+            f"on {fmt_number(manifest.get('prompts'))} prompts",
+        ]
+    else:
+        trained = [
+            f"loss <b>{_t(loss.get('loss'))}</b>: <code>{_t(loss.get('formula'))}</code> "
+            f"({_t(loss.get('citation'))})",
+            f"learning rate {_t(_general(manifest.get('learning_rate')))}",
+            f"{fmt_number(stats.get('global_step'))} steps "
+            f"on {fmt_number(manifest.get('pairs'))} pairs",
+        ]
     facts = [
         f"folder <code>{_t(training.folder)}</code>",
-        f"loss <b>{_t(loss.get('loss'))}</b>: <code>{_t(loss.get('formula'))}</code> "
-        f"({_t(loss.get('citation'))})",
-        f"learning rate {_t(_general(manifest.get('learning_rate')))}",
-        f"{fmt_number(stats.get('global_step'))} steps "
-        f"on {fmt_number(manifest.get('pairs'))} pairs",
+        *trained,
         f"{fmt_seconds(stats.get('train_runtime_s'))}",
         f"{fmt_number(stats.get('tokens_per_second'), 1)} tokens/s",
     ]

@@ -45,6 +45,11 @@ from mipo_engine.training.data import (
     has_reference,
     read_pairs,
 )
+from mipo_engine.training.tracking import (
+    attach_run_config,
+    check_report_to,
+    trainer_report_to,
+)
 from mipo_engine.training.trainer import LossSettings
 
 console = Console(stderr=True, soft_wrap=True)  # paths stay on one line
@@ -63,9 +68,33 @@ DEFAULT_LR_LORA = 1e-4
 class TrainConfig(StageConfig):
     """Settings of ``mipo train`` (the CLI options, one for one)."""
 
-    preferences: Path
-    """A ``generations`` or ``preferences`` artifact."""
+    preferences: Path | None = None
+    """A ``generations`` or ``preferences`` artifact (``method: offline``)."""
     output_dir: Path
+    method: str = "offline"
+    """``offline`` (preference losses) or an online method: grpo, rloo (TRL's trainers)."""
+    prompts: Path | None = None
+    """A ``prompts`` artifact (online methods): completions are sampled for each row."""
+    reward: str | None = None
+    """Online reward: mi, judge, judge+mi, verify (``training.rewards.REWARDS``)."""
+    judge_model: str | None = None
+    """Judge of the judge rewards: ``reference`` (the frozen starting model), a model path, or
+    the model name on ``judge_base_url``."""
+    judge_base_url: str | None = None
+    """An OpenAI-compatible server to judge with."""
+    judge_max_new_tokens: int = Field(128, ge=1)
+    """Tokens the judge may write (its feedback, then the ``[RESULT] N`` line)."""
+    judge_weight: float = 1.0
+    mi_weight: float = 1.0
+    """Weights of ``judge+mi``: judge_weight * judge + mi_weight * mi."""
+    num_generations: int = Field(4, ge=2)
+    """Completions sampled per prompt (online)."""
+    max_completion_length: int = Field(128, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    kl_coef: float = Field(0.0, ge=0)
+    """KL penalty toward the starting model (online; 0: no reference copy for the loss)."""
+    report_to: tuple[str, ...] = ("none",)
+    """Trackers the Trainer logs to: none, or integration names (tensorboard, wandb, ...)."""
     scores: Path | None = None
     """Reference log-probs from ``mipo score`` (else computed once before training)."""
     prior_scores: Path | None = None
@@ -126,19 +155,41 @@ class TrainConfig(StageConfig):
             return self.learning_rate
         return DEFAULT_LR_LORA if self.lora_r else DEFAULT_LR_FULL
 
+    @property
+    def online(self) -> bool:
+        return self.method != "offline"
+
     def identity(self) -> dict[str, Any]:
         """Settings that change the trained weights (logging and saving cadence do not)."""
-        return self.model_dump(
-            mode="json",
-            exclude={
-                "output_dir",
-                "resume",
-                "logging_steps",
-                "save_steps",
-                "save_total_limit",
-                "show_progress",
-            },
-        )
+        exclude = {
+            "output_dir",
+            "resume",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+            "show_progress",
+            "report_to",
+        }
+        if not self.online:  # the offline identity of earlier versions, so their runs resume
+            exclude |= set(ONLINE_FIELDS)
+        return self.model_dump(mode="json", exclude=exclude)
+
+
+# Settings only the online methods read.
+ONLINE_FIELDS = (
+    "method",
+    "prompts",
+    "reward",
+    "judge_model",
+    "judge_base_url",
+    "judge_max_new_tokens",
+    "judge_weight",
+    "mi_weight",
+    "num_generations",
+    "max_completion_length",
+    "temperature",
+    "kl_coef",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +358,9 @@ def load_training_pairs(
     pairs = read_pairs(
         config.preferences, render=lambda m: render_chat(tokenizer, m), split=config.split
     )
-    if config.scores is not None:
+    # A reference-free loss (sft, simpo) reads no reference scores: a pipeline may wire in
+    # scores of other pairs (SFT on revisions keeps the ids of the pairs it revised).
+    if config.scores is not None and settings.needs_reference:
         pairs = attach_scores(pairs, config.scores)
     if settings.needs_prior_scores:
         if config.prior_scores is None:
@@ -377,13 +430,13 @@ def reference_scores(
 # --------------------------------------------------------------------------------------------
 
 
-def training_arguments(config: TrainConfig, *, cuda: bool) -> Any:
-    """``TrainingArguments`` for ``config``: bf16 autocast on GPU, fp32 on CPU, seeded data
-    order, checkpoints every ``save_steps``, logs to our callbacks only."""
+def base_arguments(config: TrainConfig, *, cuda: bool) -> dict[str, Any]:
+    """Trainer arguments every method shares: bf16 autocast on GPU, fp32 on CPU, seeded data
+    order, checkpoints every ``save_steps``, our callbacks for the console and metrics file,
+    and the trackers of ``report_to``."""
     import torch
-    from transformers import TrainingArguments
 
-    return TrainingArguments(
+    return dict(
         output_dir=str(config.output_dir),
         per_device_train_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -407,10 +460,18 @@ def training_arguments(config: TrainConfig, *, cuda: bool) -> Any:
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         remove_unused_columns=False,
-        report_to="none",
+        report_to=trainer_report_to(config.report_to),
         disable_tqdm=True,
         dataloader_num_workers=0,
-        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def training_arguments(config: TrainConfig, *, cuda: bool) -> Any:
+    """``TrainingArguments`` of the offline trainer."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        **base_arguments(config, cuda=cuda), include_num_input_tokens_seen="non_padding"
     )
 
 
@@ -458,7 +519,11 @@ def build_trainer(
 
 def save_final(trainer: Any, output_dir: Path) -> Path:
     """Write ``final/`` via a staging folder, so a crash never leaves a half-written model."""
-    trainer.check_parameters_finite("final model")
+    check = getattr(trainer, "check_parameters_finite", None)
+    if check is not None:
+        check("final model")
+    else:
+        _check_finite(trainer)
     final = output_dir / FINAL_DIR
     staging = output_dir / ".final.tmp"
     if trainer.args.should_save:  # the process that writes the model, and only it
@@ -470,6 +535,19 @@ def save_final(trainer: Any, output_dir: Path) -> Path:
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
     return final
+
+
+def _check_finite(trainer: Any) -> None:
+    import torch
+
+    from mipo_engine.training.trainer import TrainingDiverged
+
+    for name, parameter in trainer.model.named_parameters():
+        if parameter.requires_grad and not bool(torch.isfinite(parameter.detach()).all()):
+            raise TrainingDiverged(
+                f"weight {name} is not finite after step {trainer.state.global_step}, so the "
+                "final model was not written; lower --learning-rate and rerun"
+            )
 
 
 def peak_rss_mib() -> float:
@@ -484,7 +562,7 @@ def peak_rss_mib() -> float:
 
 
 def _check_paths(config: TrainConfig) -> None:
-    for key in ("preferences", "scores", "prior_scores"):
+    for key in ("preferences", "scores", "prior_scores", "prompts"):
         path = getattr(config, key)
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"file not found: {path}", key=key)
@@ -508,8 +586,31 @@ def _check_combinations(config: TrainConfig, settings: LossSettings) -> None:
         )
 
 
+def _check_method(config: TrainConfig) -> None:
+    """The method's own inputs are there, and only they."""
+    from mipo_engine.training.online import METHOD_NAMES
+
+    if config.method not in METHOD_NAMES:
+        raise ConfigError(
+            f"unknown method {config.method!r}; choose one of {', '.join(METHOD_NAMES)}",
+            key="method",
+        )
+    if config.online:
+        return
+    if config.preferences is None:
+        raise ConfigError("--method offline trains on --preferences PAIRS", key="preferences")
+    for key in ("prompts", "reward"):
+        if getattr(config, key) is not None:
+            raise ConfigError(f"--{key} is only read by the online methods", key=key)
+
+
 def run_train(config: TrainConfig, *, callbacks: list[Any] | None = None) -> Path:
-    """Train on ``config.preferences``; return the path of ``output_dir/final``."""
+    """Train on ``config.preferences`` (or online on ``config.prompts``); return the path of
+    ``output_dir/final``."""
+    _check_method(config)
+    check_report_to(config.report_to)
+    if config.online:
+        return run_online_train(config, callbacks=callbacks)
     started_at, started = now_iso(), time.perf_counter()
     settings = config.loss_settings()
     _check_paths(config)
@@ -556,6 +657,8 @@ def run_train(config: TrainConfig, *, callbacks: list[Any] | None = None) -> Pat
         pairs = attach_scores(pairs, reference_path)
         dataset = encode(pairs)
 
+    if config.report_to != ("none",):
+        attach_run_config(model, redact(config.model_dump(mode="json")))
     trainer = build_trainer(
         config, settings, model, tokenizer, dataset, collator, args=args, callbacks=callbacks
     )
@@ -650,6 +753,271 @@ def _finish(
             "final": str(output_dir / FINAL_DIR),
             "metrics": str(output_dir / METRICS_FILE),
             "plot": str(output_dir / PLOT_FILE) if records else None,
+        },
+        "started_at": started_at,
+        "finished_at": now_iso(),
+    }
+    write_json_atomic(output_dir / MANIFEST_FILE, manifest)
+
+
+# --------------------------------------------------------------------------------------------
+# Online methods (GRPO, RLOO on TRL): prompts -> sampled completions -> rewards -> updates
+# --------------------------------------------------------------------------------------------
+
+JUDGE_REPLIES_FILE = "judge_unparsed.jsonl"
+
+
+def _check_online(config: TrainConfig) -> None:
+    """Option errors of the online methods, found before anything is loaded or written."""
+    from mipo_engine.training.online import method_unavailable
+    from mipo_engine.training.rewards import REWARDS
+
+    reason = method_unavailable(config.method)
+    if reason:
+        raise ConfigError(reason, key="method")
+    if config.prompts is None:
+        raise ConfigError(
+            f"--method {config.method} samples completions for a prompts artifact: pass "
+            "--prompts PROMPTS.parquet (mipo ingest)",
+            key="prompts",
+        )
+    if config.preferences is not None:
+        raise ConfigError("--preferences is only read by --method offline", key="preferences")
+    if config.reward is None or config.reward not in REWARDS:
+        given = "no --reward" if config.reward is None else f"unknown reward {config.reward!r}"
+        raise ConfigError(f"{given}; choose one of {', '.join(REWARDS)}", key="reward")
+    if REWARDS[config.reward].needs_judge and not (config.judge_model or config.judge_base_url):
+        raise ConfigError(
+            f"the {config.reward} reward needs a judge: --judge-model reference (the frozen "
+            "starting model), --judge-model PATH, or --judge-base-url URL of an "
+            "OpenAI-compatible server",
+            key="judge_model",
+        )
+    batch = config.per_device_batch_size * config.gradient_accumulation_steps
+    if batch % config.num_generations:
+        raise ConfigError(
+            f"per-device batch size x gradient accumulation ({batch} completions) must be a "
+            f"multiple of --num-generations ({config.num_generations})",
+            key="num_generations",
+        )
+    if config.scores is not None or config.prior_scores is not None:
+        raise ConfigError("--scores/--prior-scores are read by --method offline", key="scores")
+
+
+def read_online_prompts(config: TrainConfig) -> pl.DataFrame:
+    """The prompts artifact, checked against what the reward needs (row and field named)."""
+    from mipo_engine.artifacts.schemas import PROMPTS
+    from mipo_engine.artifacts.store import read_artifact
+    from mipo_engine.errors import InputError
+    from mipo_engine.training.rewards import REWARDS, verifiable
+
+    assert config.prompts is not None and config.reward is not None
+    frame = read_artifact(config.prompts, PROMPTS)
+    if frame.height == 0:
+        raise InputError("no prompt rows to train on", file=config.prompts)
+    spec = REWARDS[config.reward]
+    for number, row in enumerate(frame.iter_rows(named=True), start=1):
+        if spec.needs_gold and not verifiable(row):
+            raise InputError(
+                f"the verify reward needs a gold answer (math, mcq with choices) or verifiable "
+                f"context items (personalization); row {row['id']!r} (task {row['task']!r}) "
+                "has neither",
+                file=config.prompts,
+                row=number,
+                field="answer" if row["task"] in ("math", "mcq") else "context_items",
+            )
+    if spec.needs_reference and frame["prompt"].n_unique() < 2:
+        without = frame.filter(
+            pl.col("context").is_null() | (pl.col("context").str.strip_chars() == "")
+        )
+        if without.height:
+            raise InputError(
+                "the mi reward of a row without a context compares with another prompt x', "
+                "but the set has only one distinct prompt",
+                file=config.prompts,
+                field="prompt",
+            )
+    return frame
+
+
+def _online_backends(config: TrainConfig, *, cuda: bool) -> tuple[Any, Any]:
+    """(frozen reference backend or None, judge backend or None) for the reward."""
+    from mipo_engine.backends.base import create_backend
+    from mipo_engine.training.rewards import REWARDS
+
+    spec = REWARDS[config.reward or ""]
+    device = "cuda" if cuda else "cpu"
+    judge_is_reference = config.judge_model == "reference" and not config.judge_base_url
+    reference = None
+    if spec.needs_reference or (spec.needs_judge and judge_is_reference):
+        reference = create_backend(
+            "hf", config.model, device=device, dtype="auto", show_progress=False
+        )
+    judge = None
+    if spec.needs_judge and config.judge_base_url:
+        judge = create_backend("openai", config.judge_model, base_url=config.judge_base_url)
+    elif spec.needs_judge:
+        judge = (
+            reference
+            if judge_is_reference
+            else create_backend("hf", config.judge_model, device=device, show_progress=False)
+        )
+    return (reference if spec.needs_reference else None), judge
+
+
+def run_online_train(config: TrainConfig, *, callbacks: list[Any] | None = None) -> Path:
+    """GRPO/RLOO on ``config.prompts`` with ``config.reward``; return ``output_dir/final``."""
+    from mipo_engine.training.online import (
+        OnlineSettings,
+        build_online_trainer,
+        online_arguments,
+        prompt_records,
+        unparsed_replies,
+    )
+    from mipo_engine.training.rewards import build_reward
+
+    started_at, started = now_iso(), time.perf_counter()
+    _check_paths(config)
+    _check_online(config)
+    frame = read_online_prompts(config)
+    inputs = describe_inputs({"prompts": config.prompts})
+    run_fingerprint = fingerprint(config.identity(), inputs)
+    output_dir = config.output_dir
+    if config.resume and is_finished(output_dir, run_fingerprint):
+        console.print(f"{output_dir} is up to date (same settings and inputs); nothing to do.")
+        return output_dir / FINAL_DIR
+
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from mipo_engine.training.metrics import (
+        LogLastStepCallback,
+        MetricsFileCallback,
+        RichProgressCallback,
+    )
+
+    cuda = _use_cuda(config)
+    set_seed(config.seed)
+    model, tokenizer, model_path = load_policy(config, cuda=cuda)
+    reference, judge = _online_backends(config, cuda=cuda)
+    reward = build_reward(
+        config.reward or "",
+        reference=reference,
+        judge=judge,
+        judge_weight=config.judge_weight,
+        mi_weight=config.mi_weight,
+        max_length=config.max_length,
+        judge_max_new_tokens=config.judge_max_new_tokens,
+    )
+    settings = OnlineSettings(
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        kl_coef=config.kl_coef,
+    )
+    args = online_arguments(config.method, base_arguments(config, cuda=cuda), settings)
+    own_callbacks: list[Any] = [
+        LogLastStepCallback(),
+        MetricsFileCallback(output_dir / METRICS_FILE),
+    ]
+    if config.show_progress:
+        own_callbacks.append(RichProgressCallback(console))
+    if config.report_to != ("none",):
+        attach_run_config(model, redact(config.model_dump(mode="json")))
+    trainer = build_online_trainer(
+        config.method,
+        model,
+        tokenizer,
+        prompt_records(frame, config.seed),
+        reward,
+        args,
+        own_callbacks + list(callbacks or []),
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    with args.main_process_first(local=False, desc="preparing the output folder"):
+        if args.process_index == 0:
+            checkpoint = prepare_output_dir(output_dir, run_fingerprint, resume=config.resume)
+        else:
+            checkpoint = resume_checkpoint(output_dir, resume=config.resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        for callback in trainer.callback_handler.callbacks:
+            if hasattr(callback, "close"):
+                callback.close()
+        for backend in {id(b): b for b in (reference, judge) if b is not None}.values():
+            backend.close()
+    final = save_final(trainer, output_dir)
+    if not trainer.args.should_save:
+        return final
+    replies = unparsed_replies(reward)
+    if replies:
+        with open(output_dir / JUDGE_REPLIES_FILE, "a", encoding="utf-8") as handle:
+            for reply in replies:
+                handle.write(json.dumps(reply) + "\n")
+    _finish_online(
+        config,
+        trainer,
+        result,
+        inputs=inputs,
+        run_fingerprint=run_fingerprint,
+        model_path=model_path,
+        num_prompts=frame.height,
+        unparsed=len(replies),
+        started_at=started_at,
+        seconds=time.perf_counter() - started,
+    )
+    return final
+
+
+def _finish_online(
+    config: TrainConfig,
+    trainer: Any,
+    result: Any,
+    *,
+    inputs: list[dict[str, Any]],
+    run_fingerprint: str,
+    model_path: str,
+    num_prompts: int,
+    unparsed: int,
+    started_at: str,
+    seconds: float,
+) -> None:
+    """The manifest of an online run (last: it marks the run complete)."""
+    from mipo_engine import __version__
+    from mipo_engine.training.metrics import read_metrics
+
+    output_dir = config.output_dir
+    records = read_metrics(output_dir / METRICS_FILE)
+    metrics = dict(result.metrics)
+    runtime = metrics.get("train_runtime") or seconds
+    manifest = {
+        "stage": "train",
+        "package_version": __version__,
+        "config": redact(config.model_dump(mode="json")),
+        "fingerprint": run_fingerprint,
+        "inputs": inputs,
+        "model": config.model or "default",
+        "model_path": model_path,
+        "method": config.method,
+        "reward": config.reward,
+        "judge": config.judge_base_url or config.judge_model,
+        "learning_rate": config.resolved_learning_rate(),
+        "lora": {"r": config.lora_r, "alpha": config.lora_alpha or 2 * config.lora_r}
+        if config.lora_r
+        else None,
+        "prompts": num_prompts,
+        "stats": {
+            "global_step": trainer.state.global_step,
+            "train_runtime_s": runtime,
+            "judge_unparsed_this_run": unparsed,
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "last_logged": records[-1] if records else None,
+        },
+        "outputs": {
+            "final": str(output_dir / FINAL_DIR),
+            "metrics": str(output_dir / METRICS_FILE),
         },
         "started_at": started_at,
         "finished_at": now_iso(),

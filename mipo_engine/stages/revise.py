@@ -1,0 +1,256 @@
+"""``mipo revise``: generations -> the same pairs with ``chosen`` revised by the model itself.
+
+SFT (Revision), seed 004 sec. 5.1: the model improves its own response and SFT (``mipo train
+--loss sft``) trains on the revisions. Two kinds of revision, by what is known:
+
+- ``examples`` (personalization): the model sees the user's context, its response written
+  with the context (the pair's ``chosen``, the draft to improve) and one written without it
+  or for another user (``rejected``, what to move away from) and rewrites the first
+  (``prompts/revise_with_examples.txt``);
+- ``answer`` (math, MCQ): the model sees its response and the gold answer from the prompts
+  artifact and writes a corrected solution ending in the answer line the evaluation reads
+  (``prompts/revise_with_answer.txt``). The gold answer is not available to MIPO or plain
+  SFT; seed 004 marks these runs "(ground truth)".
+
+The output is a ``generations`` artifact: ``chosen`` is the revision, still conditioned on
+the pair's ``chosen_input`` (what SFT trains under); ``rejected`` and the rest are kept, and
+extra columns record ``original_chosen``, ``revision_input`` (the exact rendered request
+the model answered), ``revision_mode`` and ``revision_seed``. Chunks of finished rows are
+journal parts, so a killed run resumes at the first unfinished chunk with the same result
+(each row's sampling seed derives from the global seed and the pair id).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field
+from rich.console import Console
+
+from mipo_engine.artifacts.schemas import GENERATIONS, PROMPTS
+from mipo_engine.artifacts.store import read_artifact
+from mipo_engine.backends.base import (
+    Backend,
+    GenerationRequest,
+    SamplingConfig,
+    create_backend,
+)
+from mipo_engine.chat import Message
+from mipo_engine.errors import ConfigError, InputError, MipoError
+from mipo_engine.evaluation.tasks import ANSWER_MARKER
+from mipo_engine.models import resolve_model
+from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
+from mipo_engine.templates import render
+
+console = Console(stderr=True)
+
+EXTRA_COLUMNS = {
+    "original_chosen": pl.String,
+    "revision_input": pl.String,
+    "revision_mode": pl.String,
+    "revision_seed": pl.Int64,
+}
+
+
+class ReviseConfig(StageConfig):
+    """Settings of ``mipo revise``."""
+
+    generations: Path
+    """Pairs from ``mipo generate``; their ``chosen`` responses are revised."""
+    out: Path
+    mode: Literal["examples", "answer"] = "examples"
+    prompts: Path | None = None
+    """The prompts artifact the pairs came from (``answer`` mode reads its gold answers)."""
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    model: str | None = None
+    """The model that revises: the policy that wrote the drafts (default: the default model)."""
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0
+    batch_size: int = Field(8, ge=1)
+    chunk_rows: int = Field(32, ge=1, description="rows per saved chunk (resume unit)")
+    base_url: str | None = None
+    concurrency: int = Field(8, ge=1)
+
+    def identity(self) -> dict[str, object]:
+        return self.model_dump(
+            mode="json", exclude={"batch_size", "chunk_rows", "concurrency", "out"}
+        )
+
+
+class RevisionFailed(MipoError):
+    exit_code = 1
+
+
+def _gold_answers(config: ReviseConfig, frame: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    """Gold answer (and choices) per prompt id; InputError for a pair without one."""
+    if config.prompts is None:
+        raise ConfigError(
+            "revision with the gold answer (--mode answer) needs --prompts, the prompts "
+            "artifact holding the answers",
+            key="prompts",
+        )
+    prompts = read_artifact(config.prompts, PROMPTS)
+    by_id = {row["id"]: row for row in prompts.iter_rows(named=True)}
+    for number, row in enumerate(frame.iter_rows(named=True), start=1):
+        source = by_id.get(row["prompt_id"])
+        if source is None or not source.get("answer"):
+            raise InputError(
+                f"no gold answer for prompt_id {row['prompt_id']!r} in {config.prompts}",
+                file=config.generations,
+                row=number,
+                field="prompt_id",
+            )
+    return by_id
+
+
+def revision_messages(
+    row: dict[str, Any], mode: str, gold: dict[str, Any] | None = None
+) -> list[Message]:
+    """The revision request for one pair."""
+    if mode == "examples":
+        content = render(
+            "revise_with_examples.txt",
+            context=(row.get("context") or "").strip(),
+            prompt=row["prompt"],
+            good=row["chosen"],
+            bad=row["rejected"],
+        )
+    else:
+        assert gold is not None
+        answer = str(gold["answer"]).strip()
+        final_line = f"{ANSWER_MARKER} {answer}" if gold.get("task") == "mcq" else f"#### {answer}"
+        content = render(
+            "revise_with_answer.txt",
+            prompt=row["prompt"],
+            draft=row["chosen"],
+            answer=answer,
+            final_line=final_line,
+        )
+    return [{"role": "user", "content": content}]
+
+
+def _check_rows(config: ReviseConfig, frame: pl.DataFrame) -> None:
+    if config.mode != "examples":
+        return
+    for number, row in enumerate(frame.iter_rows(named=True), start=1):
+        if not (row.get("context") or "").strip():
+            raise InputError(
+                "revision with examples shows the model the user's context; this pair has "
+                "none (use --mode answer with --prompts for tasks with gold answers)",
+                file=config.generations,
+                row=number,
+                field="context",
+            )
+
+
+def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
+    """Revise the ``chosen`` responses of ``config.generations`` into ``config.out``."""
+    output = check_output_path(config.out, config.generations, config.prompts)
+    frame = read_artifact(config.generations, GENERATIONS)
+    _check_rows(config, frame)
+    gold = _gold_answers(config, frame) if config.mode == "answer" else {}
+    if config.backend != "openai" and backend is None:
+        resolve_model(config.model)  # a bad model path fails before anything is written
+    rows = frame.to_dicts()
+    run = StageRun(
+        "revise",
+        output,
+        config.identity(),
+        {"generations": config.generations, "prompts": config.prompts},
+    )
+    journal = run.journal()
+    done = journal.done_ids()
+    todo = [row for row in rows if row["id"] not in done]
+    if done:
+        console.print(f"Resuming: {len(done)} of {len(rows)} revisions already written.")
+    sampling = SamplingConfig(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
+    )
+    owns_backend = backend is None and bool(todo)
+    if owns_backend:
+        options: dict[str, object] = {}
+        if config.backend == "hf":
+            options = {"batch_size": config.batch_size, "show_progress": False}
+        elif config.backend == "openai":
+            options = {"base_url": config.base_url, "concurrency": config.concurrency}
+        backend = create_backend(config.backend, config.model, **options)
+    failures: list[str] = []
+    started, new_tokens = time.perf_counter(), 0
+    try:
+        for start in range(0, len(todo), config.chunk_rows):
+            chunk = todo[start : start + config.chunk_rows]
+            messages = [
+                revision_messages(row, config.mode, gold.get(row["prompt_id"])) for row in chunk
+            ]
+            seeds = [derive_seed(config.seed, row["id"], "revise") for row in chunk]
+            assert backend is not None
+            requests = [
+                GenerationRequest(row["id"], m, s)
+                for row, m, s in zip(chunk, messages, seeds, strict=True)
+            ]
+            completions = backend.generate(requests, sampling)
+            kept = []
+            for row, message, seed, completion in zip(
+                chunk, messages, seeds, completions, strict=True
+            ):
+                if completion.finish_reason == "error" or not completion.text.strip():
+                    failures.append(row["id"])
+                    continue
+                new_tokens += completion.num_tokens
+                kept.append(
+                    {
+                        **row,
+                        "chosen": completion.text,
+                        "chosen_finish_reason": completion.finish_reason,
+                        "chosen_tokens": completion.num_tokens,
+                        "original_chosen": row["chosen"],
+                        "revision_input": backend.render(message),
+                        "revision_mode": config.mode,
+                        "revision_seed": seed,
+                    }
+                )
+            if kept:
+                schema = {**GENERATIONS.polars_schema(), **EXTRA_COLUMNS}
+                journal.append(pl.DataFrame(kept, schema=schema))
+            console.print(f"revised {min(start + len(chunk), len(todo))} of {len(todo)}")
+    finally:
+        if owns_backend and backend is not None:
+            backend.close()
+    if failures:
+        raise RevisionFailed(
+            f"{len(failures)} of {len(rows)} revisions failed or came back empty "
+            f"({', '.join(failures[:5])}); finished rows are kept, rerun to retry the others"
+        )
+    finished = journal.load()
+    if finished is None:
+        raise InputError("no pairs to revise", file=config.generations)
+    order = {row["id"]: index for index, row in enumerate(rows)}
+    finished = (
+        finished.with_columns(
+            pl.col("id").replace_strict(order, return_dtype=pl.Int64).alias("_order")
+        )
+        .sort("_order")
+        .drop("_order")
+    )
+    elapsed = time.perf_counter() - started
+    path = run.write(
+        finished,
+        GENERATIONS,
+        model=config.model or "default",
+        backend=config.backend,
+        seed=config.seed,
+        stats={
+            "rows": finished.height,
+            "mode": config.mode,
+            "new_tokens_this_run": new_tokens,
+            "seconds_this_run": round(elapsed, 3),
+            "sampling": sampling.__dict__,
+        },
+    )
+    journal.finish()
+    return path

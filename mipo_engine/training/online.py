@@ -1,0 +1,207 @@
+"""Online training on TRL's trainers: the prompt set, the reward adapter and the trainer.
+
+``mipo train --method grpo|rloo`` samples completions from the policy for each prompt row,
+rewards them (``training.rewards``) and updates the policy with TRL's ``GRPOTrainer``
+(group-normalised advantages) or ``RLOOTrainer`` (leave-one-out baseline). The installed
+TRL (1.x) no longer ships a PPO trainer; ``ppo`` is therefore refused with a pointer to these
+two, which seed 004's comparison accepts as "online RL with the same reward".
+
+The policy is conditioned like MIPO's chosen responses: the user turn holds the request and,
+when the row has one, the user's context (``chat.build_messages``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from mipo_engine.training.rewards import Reward, RewardItem
+
+
+@dataclass(frozen=True)
+class OnlineMethod:
+    name: str
+    trainer: str | None
+    """Class name in ``trl``; None: not available in the installed TRL."""
+    summary: str
+
+
+METHODS: dict[str, OnlineMethod] = {
+    method.name: method
+    for method in (
+        OnlineMethod("grpo", "GRPOTrainer", "GRPO: group-normalised advantages"),
+        OnlineMethod("rloo", "RLOOTrainer", "RLOO: leave-one-out baseline"),
+        OnlineMethod("ppo", None, "PPO with a value model"),
+    )
+}
+# `offline` is the preference-loss trainer of `training.trainer` (mipo train's default).
+METHOD_NAMES = ("offline", *METHODS)
+
+
+def method_unavailable(name: str) -> str | None:
+    """Why ``name`` cannot run with the installed TRL, or None when it can."""
+    method = METHODS[name]
+    if method.trainer is not None:
+        return None
+    import trl
+
+    if hasattr(trl, "PPOTrainer"):
+        return (
+            f"this TRL ({trl.__version__}) has a PPOTrainer, but its value-model interface is "
+            "not wired here; use --method grpo or --method rloo"
+        )
+    return (
+        f"the installed TRL ({trl.__version__}) ships no PPO trainer (it was removed from TRL); "
+        "use --method grpo or --method rloo, online RL with the same reward"
+    )
+
+
+def alt_prompts(rows: list[dict[str, Any]], seed: int) -> list[str | None]:
+    """For each row without a context, another row's prompt x' (seeded by the row id)."""
+    prompts = [row["prompt"] for row in rows]
+    picked: list[str | None] = []
+    for index, row in enumerate(rows):
+        others = [i for i, text in enumerate(prompts) if i != index and text != row["prompt"]]
+        if (row.get("context") and str(row["context"]).strip()) or not others:
+            picked.append(None)
+            continue
+        rng = random.Random(f"{seed}:{row['id']}:alt-prompt")
+        picked.append(prompts[others[rng.randrange(len(others))]])
+    return picked
+
+
+def prompt_records(frame: pl.DataFrame, seed: int) -> list[dict[str, Any]]:
+    """The trainer's rows: ``prompt`` as chat messages plus the columns rewards read."""
+    from mipo_engine.chat import build_messages
+
+    rows = frame.to_dicts()
+    alternatives = alt_prompts(rows, seed)
+    return [
+        {
+            "prompt": build_messages(row["prompt"], row.get("context")),
+            "row_id": row["id"],
+            "user_prompt": row["prompt"],
+            "context": row.get("context"),
+            "context_items": row.get("context_items"),
+            "task": row.get("task") or "general",
+            "answer": row.get("answer"),
+            "choices": row.get("choices"),
+            "alt_prompt": alt,
+        }
+        for row, alt in zip(rows, alternatives, strict=True)
+    ]
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a TRL completion (a string, or a list of assistant messages)."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(message.get("content", "") for message in completion)
+
+
+class TRLRewardFunction:
+    """Adapts a ``Reward`` to TRL's reward-function call (prompts, completions, row columns).
+
+    Logs the judge's unreadable replies as ``rewards/<name>/unparsed`` (a count per batch).
+    """
+
+    def __init__(self, reward: Reward) -> None:
+        self.reward = reward
+        self.__name__ = reward.name  # TRL names the reward's metrics after the function
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[Any]:
+        items = [
+            RewardItem(
+                prompt=columns["user_prompt"][i],
+                context=columns["context"][i],
+                completion=completion_text(completion),
+                task=columns["task"][i],
+                alt_prompt=columns["alt_prompt"][i],
+                answer=columns["answer"][i],
+                choices=columns["choices"][i],
+                context_items=columns["context_items"][i],
+            )
+            for i, completion in enumerate(completions)
+        ]
+        before = unparsed_count(self.reward)
+        values = self.reward(items)
+        log_metric = columns.get("log_metric")
+        if log_metric is not None and has_judge(self.reward):
+            log_metric(f"rewards/{self.reward.name}/unparsed", unparsed_count(self.reward) - before)
+        return values
+
+
+def _judges(reward: Reward) -> list[Any]:
+    parts = getattr(reward, "parts", None)
+    if parts is not None:
+        return [r for _, r in parts if hasattr(r, "unparsed")]
+    return [reward] if hasattr(reward, "unparsed") else []
+
+
+def has_judge(reward: Reward) -> bool:
+    return bool(_judges(reward))
+
+
+def unparsed_count(reward: Reward) -> int:
+    return sum(judge.unparsed for judge in _judges(reward))
+
+
+def unparsed_replies(reward: Reward) -> list[dict[str, str]]:
+    return [reply for judge in _judges(reward) for reply in judge.unparsed_replies]
+
+
+@dataclass(frozen=True)
+class OnlineSettings:
+    """What TRL's config needs beyond the Trainer's own arguments."""
+
+    num_generations: int
+    max_completion_length: int
+    temperature: float
+    kl_coef: float
+
+
+def online_arguments(method: str, base: dict[str, Any], settings: OnlineSettings) -> Any:
+    """``GRPOConfig``/``RLOOConfig`` from the shared Trainer arguments and ``settings``."""
+    import trl
+
+    config_class = trl.GRPOConfig if method == "grpo" else trl.RLOOConfig
+    return config_class(
+        **base,
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length,
+        temperature=settings.temperature,
+        beta=settings.kl_coef,
+        disable_dropout=True,
+        shuffle_dataset=True,
+        log_completions=False,
+        # Sampling reuses keys and values; the policy was loaded with the cache off for the
+        # training forward passes, and transformers' generate would otherwise follow that.
+        generation_kwargs={"use_cache": True},
+    )
+
+
+def build_online_trainer(
+    method: str,
+    model: Any,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    reward: Reward,
+    args: Any,
+    callbacks: list[Any],
+) -> Any:
+    import trl
+    from datasets import Dataset
+
+    trainer_class = getattr(trl, METHODS[method].trainer or "")
+    tokenizer.padding_side = "left"  # TRL generates from left-padded prompts
+    return trainer_class(
+        model=model,
+        reward_funcs=[TRLRewardFunction(reward)],
+        args=args,
+        train_dataset=Dataset.from_list(records),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
