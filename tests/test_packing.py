@@ -57,6 +57,15 @@ def test_a_sequence_start_is_never_predicted() -> None:
     assert batch["response_mask"].int().tolist() == [[0, 1, 1, 1], [0, 1, 0, 1]]
 
 
+def test_collator_pads_when_packing_saves_no_row() -> None:
+    same = [
+        PairExample(index=i, chosen=_pair([1, 2, 3], 1), rejected=_pair([1, 4, 5], 1), values={})
+        for i in range(2)
+    ]
+    batch = PairCollator(pad_id=0, pack=True)(same)
+    assert "position_ids" not in batch and batch["attention_mask"].shape == (4, 3)
+
+
 def _random_examples(vocab: int, count: int, seed: int) -> list[PairExample]:
     """Pairs of very different lengths (prompts 2-9 tokens, responses 1-24)."""
     generator = torch.Generator().manual_seed(seed)

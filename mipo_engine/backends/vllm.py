@@ -339,7 +339,10 @@ def cpu_thread_binding(
     environ = os.environ if environ is None else environ
     if any(name in environ for name in _THREAD_SETTINGS):
         return {}
-    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else sorted(cpus)
+    if cpus is None:
+        affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU
+        cpus = affinity(0) if affinity else range(os.cpu_count() or 1)
+    cpus = sorted(cpus)
     if len(cpus) < workers:
         return {}
     share = len(cpus) // workers

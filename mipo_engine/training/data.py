@@ -488,9 +488,9 @@ class PairCollator:
     Sequences 0..B-1 are the chosen responses, B..2B-1 the rejected ones (then, for InfoNCE,
     the chosen and rejected responses under the rejected sample's conditioning), so a single
     forward pass yields every log-prob the loss needs. Padded, sequence r is row r
-    (``input_ids``, ``attention_mask``, ``response_mask``); packed (``pack=True``), the rows
-    are ``pack_sequences``' (``input_ids``, ``position_ids``, ``response_mask``,
-    ``sequence_ids``). Per-pair values (token counts, stored reference or prior log-probs,
+    (``input_ids``, ``attention_mask``, ``response_mask``); packed (``pack=True``, when
+    packing saves a row), the rows are ``pack_sequences``' (``input_ids``, ``position_ids``,
+    ``response_mask``, ``sequence_ids``). Per-pair values (token counts, stored reference or prior log-probs,
     the dataset index) come as [B] tensors.
     """
 
@@ -503,9 +503,10 @@ class PairCollator:
         if examples[0].chosen_cross is not None:
             sequences += [e.chosen_cross for e in examples]  # type: ignore[misc]
             sequences += [e.rejected_cross for e in examples]  # type: ignore[misc]
-        if self.pack:
-            batch = pack_sequences(sequences, self.pad_id)
-        else:
+        packed = pack_sequences(sequences, self.pad_id) if self.pack else None
+        if packed is not None and packed["input_ids"].shape[0] < len(sequences):
+            batch = packed
+        else:  # nothing to pack: plain rows keep attention's causal fast path
             input_ids, attention_mask, response_mask = pad_sequences(sequences, self.pad_id)
             batch = {
                 "input_ids": input_ids,
