@@ -160,3 +160,27 @@ def test_pairs_have_the_requested_token_lengths() -> None:
     # merge or split a token at the window edges.
     nominal = 2 * (shape.prompt_tokens + shape.response_tokens + 1)
     assert abs(per_pair - nominal) <= 6
+
+
+def test_generation_profile_splits_the_time(tiny_model_dir: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "profile_generate.py"),
+            "--model",
+            str(tiny_model_dir),
+            "--prompts",
+            "3",
+            "--tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    profile = json.loads(completed.stdout.strip().splitlines()[-1])
+    parts = profile["forward_seconds"] + profile["sampler_seconds"] + profile["other_seconds"]
+    assert parts == pytest.approx(profile["seconds"], abs=2e-3)
+    assert profile["forward_seconds"] > 0 and profile["sampler_seconds"] > 0
