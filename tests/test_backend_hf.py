@@ -10,7 +10,6 @@ import torch
 from mipo_engine.backends import hf
 from mipo_engine.backends.base import GenerationRequest, SamplingConfig
 from mipo_engine.backends.hf import HFBackend, outside_top_p, pick_generation_dtype
-from mipo_engine.backends.vllm import cpu_thread_binding
 
 CPU = torch.device("cpu")
 
@@ -88,16 +87,6 @@ def test_generation_only_loads_one_copy(tiny_model_dir):
     )
     backend.generate(_requests(2), SamplingConfig(max_new_tokens=3, temperature=0))
     assert list(backend._networks) == [torch.bfloat16]
-
-
-def test_vllm_cpu_threads_use_every_core():
-    assert cpu_thread_binding(1, environ={}, cpus=[0, 1]) == {"VLLM_CPU_OMP_THREADS_BIND": "0,1"}
-    assert cpu_thread_binding(2, environ={}, cpus=[0, 1, 2, 3]) == {
-        "VLLM_CPU_OMP_THREADS_BIND": "0,1|2,3"
-    }
-    # The user's own setting stands.
-    assert cpu_thread_binding(1, environ={"OMP_NUM_THREADS": "1"}, cpus=[0, 1]) == {}
-    assert cpu_thread_binding(1, environ={"VLLM_CPU_OMP_THREADS_BIND": "0"}, cpus=[0, 1]) == {}
 
 
 @pytest.mark.slow
