@@ -503,7 +503,8 @@ class PairLogps:
 class PreferenceTrainer(Trainer):
     """``transformers.Trainer`` for the loss family of ``losses.LOSSES``.
 
-    Batches come from ``PairCollator`` (chosen rows, then rejected rows, stacked) and carry
+    Batches come from ``PairCollator`` (chosen sequences, then rejected ones, stacked as
+    padded rows or packed into shared rows; log-probs come back per sequence) and carry
     the reference (and prior) log-probs as per-pair tensors, so no reference model is held
     in memory. Training order comes from ``LengthGroupedSeededSampler``, a function of the
     seed and the epoch only, which makes resumed runs see the same batches.
