@@ -21,9 +21,23 @@ from mipo_engine.tokenization import encode_pair
 
 @dataclass(frozen=True)
 class PairShape:
+    """``pairs`` rows of a ``prompt_tokens`` prompt and two responses of ``response_tokens``
+    each, or, with ``response_min``, of lengths drawn (seeded, independently for chosen and
+    rejected) between ``response_min`` and ``response_tokens``."""
+
     pairs: int
     prompt_tokens: int
     response_tokens: int
+    response_min: int | None = None
+
+    def response_lengths(self) -> list[tuple[int, int]]:
+        if self.response_min is None:
+            return [(self.response_tokens, self.response_tokens)] * self.pairs
+        import random
+
+        draw = random.Random(0)
+        low, high = self.response_min, self.response_tokens
+        return [(draw.randint(low, high), draw.randint(low, high)) for _ in range(self.pairs)]
 
 
 def builtin_rows() -> list[dict[str, Any]]:
@@ -44,16 +58,17 @@ def make_pairs(tokenizer: Any, shape: PairShape) -> pl.DataFrame:
     """``shape.pairs`` rows of (id, prompt, chosen, rejected) with windows of the built-in
     text that each decode to about the requested number of tokens."""
     stream = _token_stream(tokenizer)
-    width = shape.prompt_tokens + 2 * shape.response_tokens
-    if len(stream) < width:
-        raise ValueError(f"the built-in text has {len(stream)} tokens; {width} are needed")
+    longest = shape.prompt_tokens + 2 * shape.response_tokens
+    while len(stream) < 2 * longest:  # long shapes read the text more than once
+        stream = stream + stream
     rows = []
-    for index in range(shape.pairs):
+    for index, (chosen_tokens, rejected_tokens) in enumerate(shape.response_lengths()):
+        width = shape.prompt_tokens + chosen_tokens + rejected_tokens
         start = (index * 97) % (len(stream) - width)
         window = stream[start : start + width]
         prompt = window[: shape.prompt_tokens]
-        chosen = window[shape.prompt_tokens : shape.prompt_tokens + shape.response_tokens]
-        rejected = window[shape.prompt_tokens + shape.response_tokens :]
+        chosen = window[shape.prompt_tokens : shape.prompt_tokens + chosen_tokens]
+        rejected = window[shape.prompt_tokens + chosen_tokens :]
         rows.append(
             {
                 "id": f"pair-{index:05d}",

@@ -1,6 +1,6 @@
 """Side-by-side benchmarks of mipo-engine against the tools users would otherwise pick.
 
-    python benchmarks/run.py --suite train|score|generate|export|all [--quick]
+    python benchmarks/run.py --suite train|train_long|score|generate|export|all [--quick]
                              [--device cpu|cuda] [--model M] [--reps N]
                              [--gen-tokens N] [--pairs-per-step N]
                              [--gradient-checkpointing]
@@ -20,6 +20,7 @@ settings: it checks that the suites run end to end, and its figures mean nothing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -35,17 +36,18 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.pairs import PairShape, make_pairs, pair_tokens, write_pairs  # noqa: E402
 
-SUITES = ("export", "score", "train", "generate")
+SUITES = ("export", "score", "train", "train_long", "generate")
 
 
 @dataclass(frozen=True)
 class Settings:
     """Sizes of one run (full or ``--quick``)."""
 
-    train_shape: PairShape
+    train_shape: PairShape  # one epoch per process, the first step of which is the warm-up
     batch_size: int
     max_length: int
-    train_steps: int  # per process, the first of which is the warm-up
+    long_shape: PairShape
+    long_max_length: int
     score_shape: PairShape
     gen_prompts: int
     gen_tokens: int
@@ -58,7 +60,9 @@ FULL = Settings(
     train_shape=PairShape(pairs=16, prompt_tokens=128, response_tokens=128),
     batch_size=2,
     max_length=512,
-    train_steps=4,
+    # Sequences of 1.1k-2k tokens: a 256-token prompt and responses of 800-1750 tokens.
+    long_shape=PairShape(pairs=6, prompt_tokens=256, response_tokens=1750, response_min=800),
+    long_max_length=2048,
     score_shape=PairShape(pairs=32, prompt_tokens=128, response_tokens=128),
     gen_prompts=32,
     gen_tokens=64,
@@ -69,7 +73,8 @@ QUICK = Settings(
     train_shape=PairShape(pairs=8, prompt_tokens=24, response_tokens=16),
     batch_size=2,
     max_length=128,
-    train_steps=2,
+    long_shape=PairShape(pairs=4, prompt_tokens=24, response_tokens=64, response_min=24),
+    long_max_length=128,
     score_shape=PairShape(pairs=8, prompt_tokens=24, response_tokens=16),
     gen_prompts=4,
     gen_tokens=8,
@@ -108,10 +113,12 @@ class Context:
         *,
         higher_is_better: bool,
         settings: dict[str, Any],
+        extra: dict[str, Any] | None = None,
     ) -> None:
         ratio = ours / baseline if higher_is_better else baseline / ours
         self.lines.append(
             {
+                **(extra or {}),
                 "name": name,
                 "metric": metric,
                 # Significant figures, not decimals: a 0.0157 s export keeps its precision.
@@ -130,10 +137,26 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+# Jobs that always get a process of their own: vLLM's engine starts worker processes and
+# is shut down with its process.
+ISOLATED_JOBS = ("generate_vllm",)
+
+
 def run_job(job: dict[str, Any], context: Context) -> dict[str, Any]:
-    """Run one measurement in a fresh process; its last line starting RESULT is the answer."""
+    """Run one measurement in a fresh process; its last line starting RESULT is the answer.
+
+    ``--quick`` runs the jobs in this process instead (their figures mean nothing there, and
+    importing torch, transformers and TRL once instead of per job keeps the smoke run short).
+    """
     log(f"running {job['job']} {job.get('impl', '')}".rstrip())
     job = {"device": context.device, "model": context.model, **job}
+    if context.quick and job["job"] not in ISOLATED_JOBS:
+        from benchmarks import workers
+
+        # Libraries print to stdout (TRL its metrics); stdout is for the JSON lines only.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = workers.JOBS[job["job"]](job)
+        return json.loads(json.dumps(result))
     completed = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "workers.py"), json.dumps(job)],
         capture_output=True,
@@ -152,20 +175,25 @@ def run_job(job: dict[str, Any], context: Context) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pairs_file(context: Context, shape: PairShape, name: str) -> tuple[Path, int]:
+def _pairs_file(
+    context: Context, shape: PairShape, name: str, max_length: int | None = None
+) -> tuple[Path, int]:
     pairs = make_pairs(context.tokenizer, shape)
     path = write_pairs(pairs, context.workdir / f"{name}.parquet")
-    return path, pair_tokens(context.tokenizer, pairs, context.settings.max_length)
+    length = max_length or context.settings.max_length
+    return path, pair_tokens(context.tokenizer, pairs, length)
 
 
-def _score_job(context: Context, impl: str, data: Path, out: Path) -> dict[str, Any]:
+def _score_job(
+    context: Context, impl: str, data: Path, out: Path, max_length: int | None = None
+) -> dict[str, Any]:
     return run_job(
         {
             "job": f"score_{impl}",
             "data": str(data),
             "out": str(out),
             "batch_size": context.settings.batch_size,
-            "max_length": context.settings.max_length,
+            "max_length": max_length or context.settings.max_length,
             "workdir": str(context.workdir / f"score-{impl}"),
         },
         context,
@@ -202,15 +230,21 @@ def suite_score(context: Context) -> None:
     )
 
 
-def suite_train(context: Context) -> None:
+def _train_runs(
+    context: Context, shape: PairShape, name: str, impls: tuple[str, ...]
+) -> tuple[dict[str, list[dict[str, Any]]], list[float], int, int]:
+    """One epoch of each trainer in ``impls`` per repetition, alternating, on pairs of
+    ``shape``; before each repetition, ``mipo score`` of the pairs (our reference, timed).
+    Returns (runs per trainer, scoring seconds per repetition, tokens, steps per epoch)."""
     s = context.settings
-    data, tokens = _pairs_file(context, s.train_shape, "train-pairs")
-    scores = context.workdir / "train-scores.parquet"
-    _score_job(context, "ours", data, scores)  # mipo score: the reference for our trainer
-    tokens_per_step = tokens / s.train_shape.pairs * s.batch_size
-    impls = ("ours", "trl", "trl_precomputed")
+    max_length = s.long_max_length if name == "long-pairs" else s.max_length
+    data, tokens = _pairs_file(context, shape, name, max_length)
+    steps = -(-shape.pairs // s.batch_size)
     runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    score_seconds = []
     for rep in range(s.reps):
+        scores = context.workdir / f"{name}-scores-{rep}.parquet"
+        score_seconds.append(_score_job(context, "ours", data, scores, max_length)["seconds"])
         for impl in impls:
             job = {
                 "job": "train_ours" if impl == "ours" else "train_trl",
@@ -218,52 +252,137 @@ def suite_train(context: Context) -> None:
                 "data": str(data),
                 "scores": str(scores),
                 "batch_size": s.batch_size,
-                "max_length": s.max_length,
-                "steps": s.train_steps,
+                "max_length": max_length,
+                "steps": steps,
                 "gradient_checkpointing": s.gradient_checkpointing,
-                "workdir": str(context.workdir / f"train-{impl}-{rep}"),
+                "workdir": str(context.workdir / f"{name}-{impl}-{rep}"),
             }
             runs[impl].append(run_job(job, context))
+    return runs, score_seconds, tokens, steps
 
-    def tokens_per_second(result: dict[str, Any]) -> float:
-        timed = result["step_seconds"][1:]  # the first step is the warm-up
-        return tokens_per_step / statistics.median(timed)
 
-    throughput = {i: statistics.median(map(tokens_per_second, runs[i])) for i in impls}
+def _step_throughput(runs: list[dict[str, Any]], tokens_per_step: float) -> float:
+    """Median over processes of tokens per second in the timed steps (all but the first,
+    the warm-up)."""
+    return statistics.median(
+        tokens_per_step / statistics.median(r["step_seconds"][1:]) for r in runs
+    )
+
+
+def suite_train(context: Context) -> None:
+    """Like for like first: our steps (reference log-probs read from ``mipo score``) against
+    TRL with ``precompute_ref_log_probs=True`` (also precomputed, before its timed steps).
+    Then end to end, one epoch: our scoring time plus our steps against TRL's default, whose
+    steps run the reference model. Last, TRL's default steps alone (the favourable ratio)."""
+    s = context.settings
+    impls = ("ours", "trl_precomputed", "trl")
+    runs, score_seconds, tokens, steps = _train_runs(context, s.train_shape, "train-pairs", impls)
+    tokens_per_step = tokens / s.train_shape.pairs * s.batch_size
+    throughput = {i: _step_throughput(runs[i], tokens_per_step) for i in impls}
     memory = {i: statistics.median(r["peak_mib"] for r in runs[i]) for i in impls}
+    epoch = {i: statistics.median(sum(r["step_seconds"]) for r in runs[i]) for i in impls}
     for impl in impls:
         log_memory_profile(impl, runs[impl])
     settings = {
+        "pairs": s.train_shape.pairs,
         "pairs_per_step": s.batch_size,
         "tokens_per_step": round(tokens_per_step),
         "prompt_tokens": s.train_shape.prompt_tokens,
         "response_tokens": s.train_shape.response_tokens,
         "max_length": s.max_length,
-        "timed_steps_per_process": s.train_steps - 1,
+        "steps_per_process": steps,
         "reps": s.reps,
         "gradient_checkpointing": s.gradient_checkpointing,
         "full_fine_tune": True,
         "ours": "mipo train --loss dpo --scores (from mipo score)",
     }
     memory_metric = "peak GPU MiB" if context.device == "cuda" else "peak RSS MiB"
-    baselines = {
-        "trl": ("", "trl DPOTrainer sigmoid, reference model"),
-        "trl_precomputed": ("_vs_precomputed", "trl DPOTrainer sigmoid, precompute_ref_log_probs"),
+    precomputed = {**settings, "baseline": "trl DPOTrainer sigmoid, precompute_ref_log_probs"}
+    context.record(
+        "train_vs_trl_precomputed",
+        "tokens/s",
+        throughput["ours"],
+        throughput["trl_precomputed"],
+        higher_is_better=True,
+        settings={**precomputed, "timed": "steps after the first"},
+    )
+    context.record(
+        "train_memory_vs_trl_precomputed",
+        memory_metric,
+        memory["ours"],
+        memory["trl_precomputed"],
+        higher_is_better=False,
+        settings=precomputed,
+    )
+    context.record(
+        "train_end_to_end_vs_trl",
+        "seconds per epoch",
+        statistics.median(score_seconds) + epoch["ours"],
+        epoch["trl"],
+        higher_is_better=False,
+        settings={
+            **settings,
+            "ours": "mipo score --no-pmi, then every step of one epoch of mipo train",
+            "score_seconds": round(statistics.median(score_seconds), 3),
+            "baseline": "every step of one epoch of trl DPOTrainer sigmoid, reference model",
+            "timed": "scoring and all steps, warm-up step included; model loading excluded",
+        },
+    )
+    context.record(
+        "train_vs_trl_default",
+        "tokens/s",
+        throughput["ours"],
+        throughput["trl"],
+        higher_is_better=True,
+        settings={
+            **settings,
+            "baseline": "trl DPOTrainer sigmoid, reference model (not like for like: our "
+            "reference log-probs come from an untimed mipo score)",
+            "timed": "steps after the first",
+        },
+    )
+
+
+def suite_train_long(context: Context) -> None:
+    """Long pairs (responses of spread lengths, sequences of about 1k-2k tokens), like for
+    like against TRL with precomputed reference log-probs: peak memory and throughput."""
+    s = context.settings
+    shape = s.long_shape
+    impls = ("ours", "trl_precomputed")
+    runs, _, tokens, steps = _train_runs(context, shape, "long-pairs", impls)
+    tokens_per_step = tokens / shape.pairs * s.batch_size
+    for impl in impls:
+        log_memory_profile(impl, runs[impl])
+    settings = {
+        "pairs": shape.pairs,
+        "pairs_per_step": s.batch_size,
+        "tokens_per_step": round(tokens_per_step),
+        "prompt_tokens": shape.prompt_tokens,
+        "response_tokens": f"{shape.response_min}-{shape.response_tokens}",
+        "max_length": s.long_max_length,
+        "steps_per_process": steps,
+        "reps": s.reps,
+        "gradient_checkpointing": s.gradient_checkpointing,
+        "full_fine_tune": True,
+        "ours": "mipo train --loss dpo --scores (from mipo score)",
+        "baseline": "trl DPOTrainer sigmoid, precompute_ref_log_probs",
     }
-    for impl, (suffix, description) in baselines.items():
-        line_settings = {**settings, "baseline": description}
-        for name, metric, values, higher_is_better in (
-            ("train_throughput", "tokens/s", throughput, True),
-            ("train_memory", memory_metric, memory, False),
-        ):
-            context.record(
-                name + suffix,
-                metric,
-                values["ours"],
-                values[impl],
-                higher_is_better=higher_is_better,
-                settings=line_settings,
-            )
+    context.record(
+        "train_memory_long",
+        "peak GPU MiB" if context.device == "cuda" else "peak RSS MiB",
+        statistics.median(r["peak_mib"] for r in runs["ours"]),
+        statistics.median(r["peak_mib"] for r in runs["trl_precomputed"]),
+        higher_is_better=False,
+        settings=settings,
+    )
+    context.record(
+        "train_throughput_long",
+        "tokens/s",
+        _step_throughput(runs["ours"], tokens_per_step),
+        _step_throughput(runs["trl_precomputed"], tokens_per_step),
+        higher_is_better=True,
+        settings={**settings, "timed": "steps after the first"},
+    )
 
 
 def log_memory_profile(impl: str, results: list[dict[str, Any]]) -> None:
@@ -284,6 +403,15 @@ def log_memory_profile(impl: str, results: list[dict[str, Any]]) -> None:
     )
 
 
+def _bound_fields(ours: float, bound: dict[str, Any]) -> dict[str, Any]:
+    """``bound_tokens_per_s``: the GEMM rate measured here in the side's dtype over the
+    model's FLOPs per new token; ``bound_fraction``: ours over it."""
+    return {
+        "bound_tokens_per_s": float(f"{bound['bound_tokens_per_s']:.6g}"),
+        "bound_fraction": round(ours / bound["bound_tokens_per_s"], 4),
+    }
+
+
 def suite_generate(context: Context) -> None:
     s = context.settings
     common = {
@@ -293,27 +421,52 @@ def suite_generate(context: Context) -> None:
         "top_p": 0.95,
         "reps": s.reps,
     }
-
-    def compare(job: str, baseline: str) -> None:
-        result = run_job({"job": job, **common}, context)
+    result = run_job({"job": "generate_hf", **common}, context)
+    bound = result["bound"]
+    ours = statistics.median(result["ours_tps"])
+    shared = {
+        **common,
+        "dtype": bound["dtype"],
+        "gemm_flops_per_s": float(f"{bound['gemm_flops_per_s']:.4g}"),
+        "flops_per_token": float(f"{bound['flops_per_token']:.4g}"),
+        "stop": "end of sequence and the backend's stop strings, on both sides",
+    }
+    for name, side, baseline in (
+        ("generate_hf_vs_batched", "batched", "model.generate, all prompts, left-padded"),
+        ("generate_hf", "one_at_a_time", "model.generate, one prompt at a time"),
+    ):
         context.record(
-            job,
+            name,
             "new tokens/s",
-            statistics.median(result["ours_tps"]),
-            statistics.median(result["baseline_tps"]),
+            ours,
+            statistics.median(result[f"{side}_tps"]),
             higher_is_better=True,
-            settings={**common, "baseline": baseline},
+            settings={**shared, "baseline": baseline},
+            extra=_bound_fields(ours, bound),
         )
-
-    compare("generate_hf", "model.generate, one prompt at a time")
-    if context.quick:
-        return  # the vLLM engine takes minutes to start: not part of the smoke run
     try:
         import vllm  # noqa: F401
     except ImportError:
         log("generate_vllm skipped: vllm is not installed")
         return
-    compare("generate_vllm", "vllm.LLM.generate, identical requests, same engine")
+    result = run_job({"job": "generate_vllm", "quick": context.quick, **common}, context)
+    bound = result["bound"]
+    ours = statistics.median(result["ours_tps"])
+    context.record(
+        "generate_vllm",
+        "new tokens/s",
+        ours,
+        statistics.median(result["raw_tps"]),
+        higher_is_better=True,
+        settings={
+            **common,
+            "dtype": bound["dtype"],
+            "gemm_flops_per_s": float(f"{bound['gemm_flops_per_s']:.4g}"),
+            "flops_per_token": float(f"{bound['flops_per_token']:.4g}"),
+            "baseline": "vllm.LLM.generate, identical requests, same engine",
+        },
+        extra=_bound_fields(ours, bound),
+    )
 
 
 EXPORT_BUDGET_SECONDS = 3.0
@@ -350,6 +503,7 @@ SUITE_FUNCTIONS = {
     "export": suite_export,
     "score": suite_score,
     "train": suite_train,
+    "train_long": suite_train_long,
     "generate": suite_generate,
 }
 
@@ -426,7 +580,9 @@ def resolve_benchmark_model(args: argparse.Namespace, workdir: Path) -> tuple[st
     if args.quick:
         from mipo_engine.testing import make_tiny_model
 
-        return str(make_tiny_model(workdir / "tiny-model")), "tiny-random-llama"
+        # Hidden size 128 (head size 32): the smallest head size vLLM's CPU attention takes.
+        path = make_tiny_model(workdir / "tiny-model", hidden_size=128)
+        return str(path), "tiny-random-llama"
     from mipo_engine.models import resolve_model
 
     return resolve_model(None), "gemma-3-270m"

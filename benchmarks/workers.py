@@ -255,14 +255,71 @@ def _count_new_tokens(ids: list[int], eos: int | None, pad: int | None) -> int:
     return count
 
 
-def generate_hf(job: dict[str, Any]) -> dict[str, Any]:
-    """The hf backend (batched, per-row seeds) against one-prompt-at-a-time
-    ``model.generate`` with the same sampling settings, alternating on one loaded model."""
+def gemm_flops_per_s(dtype: Any, device: str, size: int = 1024, reps: int = 5) -> float:
+    """This machine's matrix-product rate in ``dtype``: the best of ``reps`` square
+    ``size``-cubed products (2 size^3 FLOPs each), after one warm-up."""
     import torch
+
+    left = torch.randn(size, size, device=device).to(dtype)
+    right = torch.randn(size, size, device=device).to(dtype)
+    torch.mm(left, right)
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        started = time.perf_counter()
+        torch.mm(left, right)
+        _sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def flops_per_token(model_path: str) -> float:
+    """FLOPs of one new token's forward: two per weight of every linear layer, the output
+    head included once (tied or not); attention over the context is left out (small at
+    these lengths). Counted on a weightless copy built from the config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        network = AutoModelForCausalLM.from_config(config)
+    weights = {id(m.weight): m.weight.numel() for m in network.modules() if _is_linear(m)}
+    head = network.get_output_embeddings()
+    weights[id(head.weight)] = head.weight.numel()
+    return 2.0 * sum(weights.values())
+
+
+def _is_linear(module: Any) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.Linear)
+
+
+def _bound(model_path: str, dtype: Any, device: str) -> dict[str, Any]:
+    gemm = gemm_flops_per_s(dtype, device)
+    per_token = flops_per_token(model_path)
+    return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "gemm_flops_per_s": gemm,
+        "flops_per_token": per_token,
+        "bound_tokens_per_s": gemm / per_token,
+    }
+
+
+def generate_hf(job: dict[str, Any]) -> dict[str, Any]:
+    """The hf backend (batched, per-row seeds) against two ways of calling
+    ``model.generate`` on the same loaded weights (the backend's generation dtype), with the
+    same sampling settings, stop rules and token budget, alternating:
+
+    - ``batched``: every prompt in one left-padded batch, what a user writes first;
+    - ``one_at_a_time``: one prompt per call.
+    """
+    import torch
+    from transformers import StoppingCriteriaList
 
     from benchmarks.pairs import chat_requests
     from mipo_engine.backends.base import GenerationRequest, SamplingConfig
-    from mipo_engine.backends.hf import HFBackend
+    from mipo_engine.backends.hf import HFBackend, _StopOnStrings
     from mipo_engine.tokenization import encode_prompt
 
     backend = HFBackend(
@@ -273,31 +330,68 @@ def generate_hf(job: dict[str, Any]) -> dict[str, Any]:
     sampling = SamplingConfig(
         max_new_tokens=job["max_new_tokens"], temperature=job["temperature"], top_p=job["top_p"]
     )
-    model, tokenizer = backend.model, backend.tokenizer
+    model, tokenizer = backend.generation_model, backend.tokenizer
     prompt_ids = [encode_prompt(tokenizer, backend.render(m)) for m in messages]
+    stop = backend.default_stop()
+    options = {
+        "do_sample": True,
+        "temperature": job["temperature"],
+        "top_p": job["top_p"],
+        "top_k": None,
+        "max_new_tokens": job["max_new_tokens"],
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+    def count(new: list[int]) -> int:
+        """New tokens as the backend counts them: up to the end-of-sequence token, and up to
+        a stop string when one ends the text."""
+        tokens = new[: _count_new_tokens(new, tokenizer.eos_token_id, None)]
+        tokens = [t for t in tokens if t != tokenizer.pad_token_id]
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        if cut >= 0:
+            return len(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
+        return len(tokens)
 
     def ours() -> int:
         return sum(c.num_tokens for c in backend.generate(requests, sampling))
 
     @torch.no_grad()
-    def baseline() -> int:
+    def batched() -> int:
+        width = max(len(ids) for ids in prompt_ids)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids])
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids])
+        stopping = StoppingCriteriaList([_StopOnStrings(tokenizer, width, stop)] if stop else [])
+        output = model.generate(
+            input_ids.to(backend.device),
+            attention_mask=attention.to(backend.device),
+            stopping_criteria=stopping,
+            **options,
+        )
+        return sum(count(row) for row in output[:, width:].tolist())
+
+    @torch.no_grad()
+    def one_at_a_time() -> int:
         total = 0
         for ids in prompt_ids:
+            stopping = StoppingCriteriaList(
+                [_StopOnStrings(tokenizer, len(ids), stop)] if stop else []
+            )
             output = model.generate(
                 torch.tensor([ids], device=backend.device),
                 attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=backend.device),
-                do_sample=True,
-                temperature=job["temperature"],
-                top_p=job["top_p"],
-                top_k=None,
-                max_new_tokens=job["max_new_tokens"],
-                pad_token_id=tokenizer.pad_token_id,
+                stopping_criteria=stopping,
+                **options,
             )
-            new = output[0, len(ids) :].tolist()
-            total += _count_new_tokens(new, tokenizer.eos_token_id, tokenizer.pad_token_id)
+            total += count(output[0, len(ids) :].tolist())
         return total
 
-    return _alternate(ours, baseline, job)
+    sides = {"ours": ours, "batched": batched, "one_at_a_time": one_at_a_time}
+    result = _alternate(sides, job)
+    result["bound"] = _bound(backend.model_path, backend.generation_dtype, job["device"])
+    return result
 
 
 def generate_vllm(job: dict[str, Any]) -> dict[str, Any]:
@@ -311,7 +405,8 @@ def generate_vllm(job: dict[str, Any]) -> dict[str, Any]:
     from mipo_engine.backends.vllm import VLLMBackend
     from mipo_engine.tokenization import encode_prompt
 
-    backend = VLLMBackend(job["model"], show_progress=False, enable_prefix_caching=False)
+    options = {"kv_cache_gib": 0.25} if job.get("quick") else {}
+    backend = VLLMBackend(job["model"], show_progress=False, enable_prefix_caching=False, **options)
     messages = chat_requests(job["prompts"])
     requests = [GenerationRequest(f"r{i}", m, seed=i) for i, m in enumerate(messages)]
     sampling = SamplingConfig(
@@ -339,27 +434,32 @@ def generate_vllm(job: dict[str, Any]) -> dict[str, Any]:
 
     eos = backend.tokenizer.eos_token_id
 
-    def baseline() -> int:
+    def raw() -> int:
         outputs = backend.llm.generate(prompts, params, use_tqdm=False)
         # Counted as ours counts (and as generate_hf counts both sides): new tokens up to,
         # not including, the end-of-sequence token.
         return sum(_count_new_tokens(list(o.outputs[0].token_ids), eos, None) for o in outputs)
 
-    return _alternate(ours, baseline, job)
+    result = _alternate({"ours": ours, "raw": raw}, job)
+    dtype = backend.llm.llm_engine.model_config.dtype
+    result["bound"] = _bound(backend.model_path, dtype, "cpu" if job["device"] == "cpu" else "cuda")
+    backend.close()
+    return result
 
 
-def _alternate(ours: Any, baseline: Any, job: dict[str, Any]) -> dict[str, Any]:
-    """A warm-up call of each, then ``reps`` timed calls of each, alternating."""
-    ours()
-    baseline()
-    result: dict[str, list[float]] = {"ours_tps": [], "baseline_tps": []}
+def _alternate(sides: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """A warm-up call of each side, then ``reps`` timed calls of each, alternating; new
+    tokens per second per call, under ``<side>_tps``."""
+    for call in sides.values():
+        call()
+    result: dict[str, Any] = {f"{name}_tps": [] for name in sides}
     for _ in range(job["reps"]):
-        for name, call in (("ours_tps", ours), ("baseline_tps", baseline)):
+        for name, call in sides.items():
             _sync(job["device"])
             started = time.perf_counter()
             tokens = call()
             _sync(job["device"])
-            result[name].append(tokens / (time.perf_counter() - started))
+            result[f"{name}_tps"].append(tokens / (time.perf_counter() - started))
     return result
 
 

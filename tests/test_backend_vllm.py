@@ -394,3 +394,16 @@ class TestAdapterEngine:
         results = backend.generate(requests, SamplingConfig(max_new_tokens=4, temperature=1.0))
         assert len(results) == 64
         assert all(r.finish_reason in ("stop", "length") for r in results)
+
+
+def test_vllm_cpu_threads_use_every_core():
+    """Left alone, vLLM for CPU binds one core and reserves the other for its scheduler."""
+    from mipo_engine.backends.vllm import cpu_thread_binding
+
+    assert cpu_thread_binding(1, environ={}, cpus=[0, 1]) == {"VLLM_CPU_OMP_THREADS_BIND": "0,1"}
+    assert cpu_thread_binding(2, environ={}, cpus=[0, 1, 2, 3]) == {
+        "VLLM_CPU_OMP_THREADS_BIND": "0,1|2,3"
+    }
+    # The user's own setting stands.
+    assert cpu_thread_binding(1, environ={"OMP_NUM_THREADS": "1"}, cpus=[0, 1]) == {}
+    assert cpu_thread_binding(1, environ={"VLLM_CPU_OMP_THREADS_BIND": "0"}, cpus=[0, 1]) == {}

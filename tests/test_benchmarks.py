@@ -4,6 +4,7 @@ internal consistency are."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -47,8 +48,11 @@ def run_suite(suite: str, tmp_path: Path) -> list[dict]:
     return lines
 
 
+BOUND_KEYS = {"bound_tokens_per_s", "bound_fraction"}
+
+
 def check_line(line: dict) -> None:
-    assert set(line) == KEYS
+    assert set(line) - BOUND_KEYS == KEYS
     assert line["device"] == "cpu" and line["model"] == "tiny-random-llama"
     assert line["ours"] > 0 and line["baseline"] > 0
     higher_is_better = line["metric"].endswith("/s")
@@ -65,19 +69,65 @@ def test_export_suite_prints_its_line(tmp_path: Path) -> None:
     assert lines[0]["metric"] == "seconds" and lines[0]["settings"]["pairs"] == 2000
 
 
-def test_train_suite_prints_throughput_and_memory_lines(tmp_path: Path) -> None:
+def test_train_suite_prints_like_for_like_then_end_to_end_lines(tmp_path: Path) -> None:
     lines = run_suite("train", tmp_path)
-    assert [line["name"] for line in lines] == [
-        "train_throughput",
-        "train_memory",
-        "train_throughput_vs_precomputed",
-        "train_memory_vs_precomputed",
+    names = [line["name"] for line in lines]
+    assert names == [
+        "train_vs_trl_precomputed",
+        "train_memory_vs_trl_precomputed",
+        "train_end_to_end_vs_trl",
+        "train_vs_trl_default",
     ]
     for line in lines:
         check_line(line)
+    by_name = dict(zip(names, lines, strict=True))
     # Both throughput lines share our measurement; only the baseline differs.
-    assert lines[0]["ours"] == lines[2]["ours"]
-    assert lines[1]["metric"] == "peak RSS MiB"
+    assert by_name["train_vs_trl_precomputed"]["ours"] == by_name["train_vs_trl_default"]["ours"]
+    assert by_name["train_memory_vs_trl_precomputed"]["metric"] == "peak RSS MiB"
+    end_to_end = by_name["train_end_to_end_vs_trl"]
+    assert end_to_end["metric"] == "seconds per epoch"
+    # Ours includes the scoring time: more than the scoring alone.
+    assert end_to_end["ours"] > end_to_end["settings"]["score_seconds"] > 0
+    assert end_to_end["settings"]["steps_per_process"] == 4  # 8 pairs, 2 per step
+
+
+def test_train_long_suite_prints_memory_and_throughput(tmp_path: Path) -> None:
+    lines = run_suite("train_long", tmp_path)
+    assert [line["name"] for line in lines] == ["train_memory_long", "train_throughput_long"]
+    for line in lines:
+        check_line(line)
+        assert "precompute_ref_log_probs" in line["settings"]["baseline"]
+
+
+def test_score_suite_prints_its_line(tmp_path: Path) -> None:
+    lines = run_suite("score", tmp_path)
+    assert [line["name"] for line in lines] == ["score_throughput"]
+    check_line(lines[0])
+    assert lines[0]["settings"]["tokens"] > 0
+
+
+def test_generate_suite_prints_batched_and_bound_lines(tmp_path: Path) -> None:
+    """The hf lines, and the vLLM line whenever vLLM is installed (the README's install
+    includes it; its engine start makes this the slowest quick suite)."""
+    lines = run_suite("generate", tmp_path)
+    names = [line["name"] for line in lines]
+    expected = ["generate_hf_vs_batched", "generate_hf"]
+    if importlib.util.find_spec("vllm") is not None:
+        expected.append("generate_vllm")
+    assert names == expected
+    for line in lines:
+        check_line(line)
+        assert set(line) >= BOUND_KEYS
+        settings = line["settings"]
+        bound = settings["gemm_flops_per_s"] / settings["flops_per_token"]
+        assert line["bound_tokens_per_s"] == pytest.approx(bound, rel=2e-3)
+        assert line["bound_fraction"] == pytest.approx(line["ours"] / bound, rel=2e-2, abs=1e-4)
+    # The tiny model: four linear layers per block plus the MLP's three and the head,
+    # 2 FLOPs per weight (hidden 128, MLP 256, 2 of 4 heads for keys and values, vocab 384).
+    hidden, mlp, kv, vocab = 128, 256, 64, 384
+    per_layer = hidden * hidden * 2 + hidden * kv * 2 + 3 * hidden * mlp
+    expected_flops = 2 * (2 * per_layer + hidden * vocab)
+    assert lines[0]["settings"]["flops_per_token"] == pytest.approx(expected_flops, rel=1e-3)
 
 
 def test_head_benchmark_prints_its_comparisons() -> None:
@@ -110,3 +160,27 @@ def test_pairs_have_the_requested_token_lengths() -> None:
     # merge or split a token at the window edges.
     nominal = 2 * (shape.prompt_tokens + shape.response_tokens + 1)
     assert abs(per_pair - nominal) <= 6
+
+
+def test_generation_profile_splits_the_time(tiny_model_dir: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "profile_generate.py"),
+            "--model",
+            str(tiny_model_dir),
+            "--prompts",
+            "3",
+            "--tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    profile = json.loads(completed.stdout.strip().splitlines()[-1])
+    parts = profile["forward_seconds"] + profile["sampler_seconds"] + profile["other_seconds"]
+    assert parts == pytest.approx(profile["seconds"], abs=2e-3)
+    assert profile["forward_seconds"] > 0 and profile["sampler_seconds"] > 0

@@ -67,6 +67,7 @@ def test_every_strategy_writes_the_generations_schema(
         )
     manifest = read_manifest(out)
     assert manifest["stats"]["pairs"] == 8 and manifest["seed"] == 11
+    assert manifest["stats"]["generation_dtype"] in ("float32", "bfloat16")
     assert not (tmp_path / "g.parquet.parts").exists()
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers.mipo_process import REPO_ROOT
 from typer.testing import CliRunner
 
 from cli import app
-from helpers.mipo_process import REPO_ROOT
 from mipo_engine.artifacts.schemas import GENERATIONS
 from mipo_engine.artifacts.store import read_artifact
 

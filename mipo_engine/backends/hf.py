@@ -39,8 +39,27 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX on x86, BF16 on Arm).
+
+    On such CPUs torch's bf16 matrix products run about twice as fast as fp32 ones; without
+    them bf16 is emulated and slower than fp32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """bf16 on GPU, fp32 on CPU unless asked otherwise."""
+    """bf16 on GPU, fp32 on CPU unless asked otherwise (the dtype scores are computed in)."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
@@ -53,32 +72,63 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         ) from None
 
 
-def load_model_and_tokenizer(
-    model: str | None,
-    *,
-    device: str = "auto",
-    dtype: str = "auto",
-    adapter: str | None = None,
-) -> tuple[Any, Any, str]:
-    """Load a causal LM and its tokenizer (default template added when it has none)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def pick_generation_dtype(generation_dtype: str, dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype generation runs in.
 
-    path = resolve_model(model)
-    torch_device = pick_device(device)
+    ``auto`` follows an explicit ``dtype``; with ``dtype`` also ``auto`` it is bf16 on GPU and
+    on CPUs with native bf16, fp32 on other CPUs. Sampled text does not need to match the
+    trainer's log-probs, scores do: scoring keeps ``pick_dtype(dtype)``.
+    """
+    if generation_dtype != "auto":
+        return pick_dtype(generation_dtype, device)
+    if dtype != "auto":
+        return pick_dtype(dtype, device)
+    if device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(path: str, model: str | None) -> Any:
+    """The model's tokenizer, with the default template added when it has none."""
+    from transformers import AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        network = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, torch_device))
+    except OSError as error:
+        raise BackendError(f"cannot load model {model or 'default'!r}: {error}") from None
+    ensure_chat_template(tokenizer)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_network(
+    path: str,
+    *,
+    model: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    adapter: str | None = None,
+    merge_adapter: bool = False,
+) -> Any:
+    """A causal LM in ``dtype`` on ``device``, in eval mode, with the adapter applied.
+
+    ``merge_adapter`` folds the LoRA weights into the base weights (faster generation; the
+    scoring copy keeps them apart, as training does).
+    """
+    from transformers import AutoModelForCausalLM
+
+    try:
+        network = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as error:
         raise BackendError(f"cannot load model {model or 'default'!r}: {error}") from None
     if adapter is not None:
         from peft import PeftModel
 
         network = PeftModel.from_pretrained(network, adapter)
-    ensure_chat_template(tokenizer)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    network.to(torch_device).eval()
-    return network, tokenizer, path
+        if merge_adapter:
+            network = network.merge_and_unload()
+    return network.to(device).eval()
 
 
 class _RowSeededSampler:
@@ -96,17 +146,35 @@ class _RowSeededSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.float() / self.temperature
         if self.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-            cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
-            # Drop a token when the mass before it already reaches top_p (keeps at least one).
-            drop_sorted = (cumulative - torch.softmax(sorted_scores, dim=-1)) >= self.top_p
-            drop = drop_sorted.scatter(1, order, drop_sorted)
-            scores = scores.masked_fill(drop, float("-inf"))
-        uniforms = torch.stack(
-            [torch.rand(scores.shape[1], generator=g) for g in self.generators]
-        ).to(scores.device)
-        gumbel = -torch.log(-torch.log(uniforms.clamp(1e-20, 1.0 - 1e-7)))
-        return scores + gumbel
+            scores = scores.masked_fill(outside_top_p(scores, self.top_p), float("-inf"))
+        uniforms = torch.empty(scores.shape, dtype=torch.float32)
+        for row, generator in enumerate(self.generators):
+            torch.rand(scores.shape[1], generator=generator, out=uniforms[row])
+        gumbel = -torch.log(-torch.log(uniforms.clamp_(1e-20, 1.0 - 1e-7)))
+        return scores + gumbel.to(scores.device)
+
+
+def outside_top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Mask of the tokens nucleus sampling drops: a token goes when the probability mass of
+    the tokens ranked above it already reaches ``top_p`` (the top token always stays).
+
+    Only the top ``k`` probabilities are sorted, with ``k`` grown until every row's kept set
+    fits: sorting a whole 262k-token vocabulary per row every step costs more than the rest
+    of sampling.
+    """
+    probs = torch.softmax(scores, dim=-1)
+    vocab = probs.shape[-1]
+    for k in (64, 1024, vocab):
+        if k >= vocab // 16:  # a partial sort this wide is no cheaper than a full one
+            top = probs.sort(dim=-1, descending=True).values
+        else:
+            top = probs.topk(k, dim=-1).values  # (B, k), descending
+        before = top.cumsum(dim=-1) - top  # mass ranked above each entry
+        if top.shape[-1] == vocab or bool((before[:, -1] >= top_p).all()):
+            break
+    kept = (before < top_p).sum(dim=-1, keepdim=True)  # >= 1: the top entry has 0 before it
+    threshold = top.gather(-1, kept - 1)
+    return probs < threshold
 
 
 class _StopOnStrings:
@@ -140,20 +208,55 @@ class HFBackend(Backend):
         *,
         device: str = "auto",
         dtype: str = "auto",
+        generation_dtype: str = "auto",
         batch_size: int = 8,
         adapter: str | None = None,
         show_progress: bool = True,
     ) -> None:
+        """Settings (keyword-only except ``model``):
+
+        - ``dtype``: the weights scores are computed in: ``auto`` (bf16 on GPU, fp32 on CPU,
+          as ``mipo train`` uses), ``float32``, ``bfloat16`` or ``float16``.
+        - ``generation_dtype``: the weights text is generated with: ``auto`` follows an
+          explicit ``dtype``, else bf16 on GPU and on CPUs with native bf16, fp32 otherwise.
+          When it differs from ``dtype``, each copy is loaded on first use (a run that only
+          generates never holds the fp32 one).
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.tokenizer, path = load_model_and_tokenizer(
-            model, device=device, dtype=dtype, adapter=adapter
-        )
+        path = resolve_model(model)
+        self.tokenizer = load_tokenizer(path, model)
         super().__init__(model or "default")
         self.model_path = path
-        self.device = next(self.model.parameters()).device
+        self.device = pick_device(device)
+        self.score_dtype = pick_dtype(dtype, self.device)
+        self.generation_dtype = pick_generation_dtype(generation_dtype, dtype, self.device)
+        self.adapter = adapter
         self.batch_size = batch_size
         self.show_progress = show_progress
+        self._networks: dict[torch.dtype, Any] = {}
+
+    @property
+    def model(self) -> Any:
+        """The network scores are computed with (``dtype``), loaded on first use."""
+        return self._network(self.score_dtype)
+
+    @property
+    def generation_model(self) -> Any:
+        """The network text is generated with (``generation_dtype``), loaded on first use."""
+        return self._network(self.generation_dtype)
+
+    def _network(self, dtype: torch.dtype) -> Any:
+        if dtype not in self._networks:
+            self._networks[dtype] = load_network(
+                self.model_path,
+                model=None if self.model_name == "default" else self.model_name,
+                device=self.device,
+                dtype=dtype,
+                adapter=self.adapter,
+                merge_adapter=dtype != self.score_dtype,
+            )
+        return self._networks[dtype]
 
     def render(self, messages: list[Message]) -> str:
         return render_chat(self.tokenizer, messages)
@@ -212,7 +315,7 @@ class HFBackend(Backend):
         stopping = StoppingCriteriaList(
             [_StopOnStrings(self.tokenizer, width, stop)] if stop else []
         )
-        output = self.model.generate(
+        output = self.generation_model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention.to(self.device),
             generation_config=config,
@@ -291,7 +394,7 @@ class HFBackend(Backend):
         return [r for r in results if r is not None]
 
     def close(self) -> None:
-        del self.model
+        self._networks.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

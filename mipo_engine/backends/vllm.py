@@ -12,9 +12,11 @@ vLLM starts worker processes with ``spawn``: a script that builds this backend m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -127,8 +129,10 @@ class VLLMBackend(Backend):
             enforce_eager=enforce_eager,
             adapter_rank=_adapter_rank(adapter) if adapter else None,
         )
+        binding = cpu_thread_binding(tensor_parallel_size) if running_on_cpu() else {}
         try:
-            self.llm = vllm.LLM(path, **engine_options)
+            with _environment(binding):
+                self.llm = vllm.LLM(path, **engine_options)
         except (RuntimeError, ValueError, OSError) as error:
             raise BackendError(
                 f"vLLM could not start on {path!r}: {error}. On CPU, lower kv_cache_gib= or "
@@ -328,6 +332,50 @@ def response_score(prompt_logprobs: Sequence[Any], pair: EncodedPair) -> ScoreRe
         token = pair.input_ids[position]
         total += prompt_logprobs[position][token].logprob
     return ScoreResult(logp=total, num_tokens=pair.response_tokens)
+
+
+# Settings by which a user chooses vLLM's CPU threads; when one is set, vLLM's choice stands.
+_THREAD_SETTINGS = ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
+
+
+def cpu_thread_binding(
+    workers: int = 1, environ: dict[str, str] | None = None, cpus: Sequence[int] | None = None
+) -> dict[str, str]:
+    """Environment that gives vLLM's CPU workers every core this process may use.
+
+    Left alone, vLLM for CPU binds its worker to one logical CPU per physical core and
+    reserves a core for its scheduler, which on a small machine leaves one thread doing all
+    the work. An explicit ``VLLM_CPU_OMP_THREADS_BIND`` list (one ``|``-separated group per
+    worker) shares the cores among the workers instead; nothing changes when the user has set
+    any of the thread settings.
+    """
+    environ = os.environ if environ is None else environ
+    if any(name in environ for name in _THREAD_SETTINGS):
+        return {}
+    if cpus is None:
+        affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU
+        cpus = affinity(0) if affinity else range(os.cpu_count() or 1)
+    cpus = sorted(cpus)
+    if len(cpus) < workers:
+        return {}
+    share = len(cpus) // workers
+    groups = [cpus[rank * share : (rank + 1) * share] for rank in range(workers)]
+    return {"VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, g)) for g in groups)}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Any:
+    """Set ``values`` in ``os.environ`` while the engine starts its workers, then restore."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _too_long(prompt_tokens: int, max_model_len: int) -> Completion:

@@ -144,6 +144,13 @@ def command(
     gradient_checkpointing: Annotated[
         bool, typer.Option(help="Recompute activations in the backward pass to save memory.")
     ] = False,
+    packing: Annotated[
+        bool,
+        typer.Option(
+            help="Pack a batch's sequences into as few rows as fit, without padding between "
+            "them (models whose attention supports it; else padded, length-grouped rows)."
+        ),
+    ] = True,
     logging_steps: Annotated[int, typer.Option(help="Log metrics every N steps.")] = 10,
     save_steps: Annotated[int, typer.Option(help="Save a checkpoint every N steps.")] = 100,
     save_total_limit: Annotated[int, typer.Option(help="Checkpoints to keep.")] = 2,
@@ -204,6 +211,7 @@ def command(
             max_length=max_length,
             seed=seed,
             gradient_checkpointing=gradient_checkpointing,
+            packing=packing,
             logging_steps=logging_steps,
             save_steps=save_steps,
             save_total_limit=save_total_limit,

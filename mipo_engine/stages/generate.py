@@ -207,6 +207,9 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
     }
     if backend is not None:
         stats["backend_stats"] = backend.stats.__dict__
+        dtype = getattr(backend, "generation_dtype", None)  # the hf backend's choice
+        if dtype is not None:
+            stats["generation_dtype"] = str(dtype).removeprefix("torch.")
     path = run.write(
         finished,
         GENERATIONS,

@@ -50,7 +50,7 @@ from mipo_engine.training.tracking import (
     check_report_to,
     trainer_report_to,
 )
-from mipo_engine.training.trainer import LossSettings
+from mipo_engine.training.trainer import LossSettings, supports_packing
 
 console = Console(stderr=True, soft_wrap=True)  # paths stay on one line
 
@@ -127,6 +127,9 @@ class TrainConfig(StageConfig):
     """Tokens per prompt + response; must equal ``mipo score --max-length``."""
     seed: int = 0
     gradient_checkpointing: bool = False
+    packing: bool = True
+    """Pack sequences into shared rows (``data.pack_sequences``) when the model's attention
+    supports it; otherwise, and with False, right-padded rows."""
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(100, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
@@ -169,6 +172,7 @@ class TrainConfig(StageConfig):
             "save_total_limit",
             "show_progress",
             "report_to",
+            "packing",  # the same sums; only the rounding differs
         }
         if not self.online:  # the offline identity of earlier versions, so their runs resume
             exclude |= set(ONLINE_FIELDS)
@@ -634,7 +638,7 @@ def run_train(config: TrainConfig, *, callbacks: list[Any] | None = None) -> Pat
     set_seed(config.seed)
     model, tokenizer, model_path = load_policy(config, cuda=cuda)
     pairs = load_training_pairs(config, settings, tokenizer)
-    collator = PairCollator(tokenizer.pad_token_id)
+    collator = PairCollator(tokenizer.pad_token_id, pack=config.packing and supports_packing(model))
 
     def encode(frame: pl.DataFrame) -> PairDataset:
         return PairDataset(

@@ -432,36 +432,98 @@ def pad_sequences(
     return input_ids, attention_mask, response_mask
 
 
+def pack_sequences(sequences: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pack encoded sequences into rows no wider than the longest one, without padding
+    between them (first fit, longest first).
+
+    Returns ``input_ids``, ``position_ids`` (restarting at 0 for each sequence, which is how
+    transformers builds a block-diagonal causal mask when no attention mask is given),
+    ``response_mask`` (response tokens, never a sequence's first token: the token before it
+    belongs to another sequence) and ``sequence_ids`` (the input index of each token's
+    sequence, -1 for the padding that ends a row), each [P, W] with P <= len(sequences).
+
+    Every row stays at most as wide as the padded batch, so attention, which on CPU is
+    computed over the whole row, costs no more than with padding, and the rows saved are
+    compute and activations saved.
+    """
+    width = max(len(s.input_ids) for s in sequences)
+    rows: list[list[int]] = []  # sequence indices per row
+    free: list[int] = []  # room left per row
+    for index in sorted(range(len(sequences)), key=lambda i: -len(sequences[i].input_ids)):
+        length = len(sequences[index].input_ids)
+        row = next((r for r, room in enumerate(free) if room >= length), None)
+        if row is None:
+            rows.append([])
+            free.append(width)
+            row = len(rows) - 1
+        rows[row].append(index)
+        free[row] -= length
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    sequence_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    for row, members in enumerate(rows):
+        start = 0
+        for index in sorted(members):
+            sequence = sequences[index]
+            stop = start + len(sequence.input_ids)
+            input_ids[row, start:stop] = torch.tensor(sequence.input_ids, dtype=torch.long)
+            position_ids[row, start:stop] = torch.arange(stop - start)
+            response_mask[row, start + max(sequence.response_start, 1) : stop] = True
+            sequence_ids[row, start:stop] = index
+            start = stop
+        # The padding that ends a row is one more sequence, seen by nothing else.
+        position_ids[row, start:] = torch.arange(width - start)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "response_mask": response_mask,
+        "sequence_ids": sequence_ids,
+    }
+
+
 class PairCollator:
     """Stack a batch of B pairs into ONE forward batch.
 
-    Rows 0..B-1 are the chosen responses, B..2B-1 the rejected ones (then, for InfoNCE, the
-    chosen and rejected responses under the rejected sample's conditioning), so a single
-    forward pass yields every log-prob the loss needs. Per-pair values (token counts, stored
-    reference or prior log-probs, the dataset index) come as [B] tensors.
+    Sequences 0..B-1 are the chosen responses, B..2B-1 the rejected ones (then, for InfoNCE,
+    the chosen and rejected responses under the rejected sample's conditioning), so a single
+    forward pass yields every log-prob the loss needs. Padded, sequence r is row r
+    (``input_ids``, ``attention_mask``, ``response_mask``); packed (``pack=True``, when
+    packing saves a row), the rows are ``pack_sequences``' (``input_ids``, ``position_ids``,
+    ``response_mask``, ``sequence_ids``). Per-pair values (token counts, stored reference or prior log-probs,
+    the dataset index) come as [B] tensors.
     """
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, *, pack: bool = False) -> None:
         self.pad_id = pad_id
+        self.pack = pack
 
     def __call__(self, examples: Sequence[PairExample]) -> dict[str, torch.Tensor]:
         sequences = [e.chosen for e in examples] + [e.rejected for e in examples]
         if examples[0].chosen_cross is not None:
             sequences += [e.chosen_cross for e in examples]  # type: ignore[misc]
             sequences += [e.rejected_cross for e in examples]  # type: ignore[misc]
-        input_ids, attention_mask, response_mask = pad_sequences(sequences, self.pad_id)
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "response_mask": response_mask,
-            "index": torch.tensor([e.index for e in examples], dtype=torch.long),
-            "chosen_tokens": torch.tensor(
-                [e.chosen.response_tokens for e in examples], dtype=torch.long
-            ),
-            "rejected_tokens": torch.tensor(
-                [e.rejected.response_tokens for e in examples], dtype=torch.long
-            ),
-        }
+        packed = pack_sequences(sequences, self.pad_id) if self.pack else None
+        if packed is not None and packed["input_ids"].shape[0] < len(sequences):
+            batch = packed
+        else:  # nothing to pack: plain rows keep attention's causal fast path
+            input_ids, attention_mask, response_mask = pad_sequences(sequences, self.pad_id)
+            batch = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "response_mask": response_mask,
+            }
+        batch.update(
+            {
+                "index": torch.tensor([e.index for e in examples], dtype=torch.long),
+                "chosen_tokens": torch.tensor(
+                    [e.chosen.response_tokens for e in examples], dtype=torch.long
+                ),
+                "rejected_tokens": torch.tensor(
+                    [e.rejected.response_tokens for e in examples], dtype=torch.long
+                ),
+            }
+        )
         for name in examples[0].values:
             batch[name] = torch.tensor([e.values[name] for e in examples], dtype=torch.float32)
         return batch

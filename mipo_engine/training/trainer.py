@@ -244,12 +244,18 @@ def _unwrap(model: Any) -> Any:
     return model
 
 
-def _final_hidden_states(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def _final_hidden_states(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    position_ids: Tensor | None = None,
+) -> Tensor:
     """Final (normed) hidden states [R, T, H] from the model's own forward.
 
     The forward goes through ``model`` itself, wrappers included, so DDP prepares its gradient
     synchronisation as usual; ``logits_to_keep`` with no positions skips the vocabulary
-    projection, and a hook on the decoder captures its output.
+    projection, and a hook on the decoder captures its output. Packed rows come with
+    ``position_ids`` that restart per sequence and no attention mask.
     """
     decoder, _, _ = _causal_lm_parts(_unwrap(model))
     captured: dict[str, Tensor] = {}
@@ -257,6 +263,7 @@ def _final_hidden_states(model: Any, input_ids: Tensor, attention_mask: Tensor) 
     def keep_output(module: Any, args: Any, output: Any) -> None:
         captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
+    extra = {} if position_ids is None else {"position_ids": position_ids}
     handle = decoder.register_forward_hook(keep_output)
     try:
         model(
@@ -264,37 +271,84 @@ def _final_hidden_states(model: Any, input_ids: Tensor, attention_mask: Tensor) 
             attention_mask=attention_mask,
             logits_to_keep=torch.zeros(0, dtype=torch.long, device=input_ids.device),
             use_cache=False,
+            **extra,
         )
     finally:
         handle.remove()
     return captured["hidden"]
 
 
-def policy_sequence_logps(
+# Attention implementations that turn per-sequence position ids into a block-diagonal mask
+# (transformers' masking utilities) or into variable-length kernels (flash attention).
+PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def supports_packing(model: Any) -> bool:
+    """Whether ``model`` keeps packed sequences apart given only their position ids."""
+    config = getattr(_causal_lm_parts(_unwrap(model))[0], "config", None)
+    return getattr(config, "_attn_implementation", None) in PACKING_ATTENTION
+
+
+def batch_sequence_logps(
     model: Any,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    response_mask: Tensor,
+    batch: dict[str, Tensor],
     *,
     chunk_size: int = LOGPS_CHUNK_TOKENS,
     keep_states: bool = False,
 ) -> SequenceLogps:
-    """Summed log-probs of the masked response tokens of each row (as ``logps.sequence_logps``,
-    whose numbers it reproduces, but through the wrapped model's forward)."""
+    """``policy_sequence_logps`` of a ``PairCollator`` batch, padded or packed."""
+    return policy_sequence_logps(
+        model,
+        batch["input_ids"],
+        batch.get("attention_mask"),
+        batch["response_mask"],
+        position_ids=batch.get("position_ids"),
+        sequence_ids=batch.get("sequence_ids"),
+        chunk_size=chunk_size,
+        keep_states=keep_states,
+    )
+
+
+def policy_sequence_logps(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    response_mask: Tensor,
+    *,
+    position_ids: Tensor | None = None,
+    sequence_ids: Tensor | None = None,
+    chunk_size: int = LOGPS_CHUNK_TOKENS,
+    keep_states: bool = False,
+) -> SequenceLogps:
+    """Summed log-probs of the masked response tokens of each sequence (as
+    ``logps.sequence_logps``, whose numbers it reproduces, but through the wrapped model's
+    forward).
+
+    Padded batches have one sequence per row. Packed ones (``data.pack_sequences``) give
+    ``position_ids`` and ``sequence_ids`` (the sequence of each token); the results are then
+    per sequence, in input order.
+    """
     _, head, softcap = _causal_lm_parts(_unwrap(model))
-    hidden = _final_hidden_states(model, input_ids, attention_mask)  # (R, T, H)
-    predict_mask = response_mask[:, 1:]  # (R, T-1): position t-1 predicts token t
+    hidden = _final_hidden_states(model, input_ids, attention_mask, position_ids)  # (P, T, H)
+    predict_mask = response_mask[:, 1:]  # (P, T-1): position t-1 predicts token t
     rows, cols = predict_mask.nonzero(as_tuple=True)
     # Under mixed precision the decoder runs in bf16 while fp32 master weights stay fp32:
     # project in the head's dtype (the logits themselves are fp32 either way).
     states = hidden[:, :-1][rows, cols].to(head.weight.dtype)  # (N, H)
     targets = input_ids[:, 1:][rows, cols]  # (N,)
+    if sequence_ids is None:
+        num_sequences = input_ids.shape[0]
+        counts = predict_mask.sum(dim=1)
+    else:
+        num_sequences = int(sequence_ids.max()) + 1
+        rows = sequence_ids[:, 1:][rows, cols]
+        counts = torch.bincount(rows, minlength=num_sequences)
     sums = summed_token_logps(
-        states, targets, rows, input_ids.shape[0], head, softcap, chunk_size=chunk_size
+        states, targets, rows, num_sequences, head, softcap, chunk_size=chunk_size
     )
     return SequenceLogps(
         logps=sums,
-        counts=predict_mask.sum(dim=1),
+        counts=counts,
         states=states if keep_states else None,
         rows=rows if keep_states else None,
     )
@@ -406,14 +460,8 @@ def compute_reference_scores(
             task = progress.add_task("reference", total=len(dataset))
             for start in range(0, len(order), batch_size):
                 examples = [dataset[i] for i in order[start : start + batch_size]]
-                batch = collator(examples)
-                result = policy_sequence_logps(
-                    model,
-                    batch["input_ids"].to(device),
-                    batch["attention_mask"].to(device),
-                    batch["response_mask"].to(device),
-                    chunk_size=chunk_size,
-                )
+                batch = {name: value.to(device) for name, value in collator(examples).items()}
+                result = batch_sequence_logps(model, batch, chunk_size=chunk_size)
                 pairs = len(examples)
                 values = result.logps.tolist()
                 for offset, example in enumerate(examples):
@@ -455,7 +503,8 @@ class PairLogps:
 class PreferenceTrainer(Trainer):
     """``transformers.Trainer`` for the loss family of ``losses.LOSSES``.
 
-    Batches come from ``PairCollator`` (chosen rows, then rejected rows, stacked) and carry
+    Batches come from ``PairCollator`` (chosen sequences, then rejected ones, stacked as
+    padded rows or packed into shared rows; log-probs come back per sequence) and carry
     the reference (and prior) log-probs as per-pair tensors, so no reference model is held
     in memory. Training order comes from ``LengthGroupedSeededSampler``, a function of the
     seed and the epoch only, which makes resumed runs see the same batches.
@@ -510,13 +559,8 @@ class PreferenceTrainer(Trainer):
         """One forward pass over the stacked batch, split into per-role [B] tensors."""
         pairs = inputs["index"].shape[0]
         keep_states = self.settings.needs_reference_logits
-        result = policy_sequence_logps(
-            model,
-            inputs["input_ids"],
-            inputs["attention_mask"],
-            inputs["response_mask"],
-            chunk_size=self.chunk_size,
-            keep_states=keep_states,
+        result = batch_sequence_logps(
+            model, inputs, chunk_size=self.chunk_size, keep_states=keep_states
         )
         parts = result.logps.split(pairs)
         logps = PairLogps(chosen=parts[0], rejected=parts[1])
@@ -531,7 +575,10 @@ class PreferenceTrainer(Trainer):
         """Per-row SeqKL for the TDPO prior: reference = base model with adapters disabled."""
         with reference_mode(model):
             ref_hidden = _final_hidden_states(
-                _unwrap(model), inputs["input_ids"], inputs["attention_mask"]
+                _unwrap(model),
+                inputs["input_ids"],
+                inputs.get("attention_mask"),
+                inputs.get("position_ids"),
             )
         rows, cols = inputs["response_mask"][:, 1:].nonzero(as_tuple=True)
         _, head, softcap = _causal_lm_parts(_unwrap(model))
@@ -542,7 +589,7 @@ class PreferenceTrainer(Trainer):
             ref_states,
             head.weight,
             result.rows,
-            inputs["input_ids"].shape[0],
+            result.logps.shape[0],
             softcap=softcap,
         )
 

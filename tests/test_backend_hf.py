@@ -1,0 +1,122 @@
+"""hf backend: generation dtype choice, nucleus mask, separate generation and scoring weights."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from mipo_engine.backends import hf
+from mipo_engine.backends.base import GenerationRequest, SamplingConfig
+from mipo_engine.backends.hf import HFBackend, outside_top_p, pick_generation_dtype
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("native", "generation_dtype", "dtype", "expected"),
+    [
+        (True, "auto", "auto", torch.bfloat16),  # native bf16 CPU: generate in bf16
+        (False, "auto", "auto", torch.float32),  # emulated bf16 is slower than fp32
+        (True, "auto", "float32", torch.float32),  # an explicit dtype holds for both
+        (False, "bfloat16", "auto", torch.bfloat16),  # an explicit generation dtype wins
+    ],
+)
+def test_generation_dtype(monkeypatch, native, generation_dtype, dtype, expected):
+    monkeypatch.setattr(hf, "native_bf16_cpu", lambda: native)
+    assert pick_generation_dtype(generation_dtype, dtype, CPU) == expected
+    # Scores keep the training dtype whatever generation uses.
+    assert hf.pick_dtype(dtype, CPU) == (torch.float32 if dtype == "auto" else expected)
+
+
+def _reference_drop(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filter written out per row: walk the tokens by falling probability and keep
+    each one while the mass of the tokens kept before it is below top_p."""
+    drop = torch.ones_like(scores, dtype=torch.bool)
+    for row in range(scores.shape[0]):
+        probs = torch.softmax(scores[row].double(), dim=-1)
+        mass = 0.0
+        for token in torch.argsort(probs, descending=True).tolist():
+            if mass >= top_p:
+                break
+            drop[row, token] = False
+            mass += float(probs[token])
+    return drop
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("scale", [0.5, 4.0])  # flat and peaked distributions
+def test_nucleus_mask_matches_a_plain_walk(top_p, scale):
+    generator = torch.Generator().manual_seed(3)
+    # 5000 tokens: wide enough that the partial sorts (64, then 1024 tokens) are used.
+    scores = torch.randn(3, 5000, generator=generator) * scale
+    got = outside_top_p(scores, top_p)
+    expected = _reference_drop(scores, top_p)
+    assert (~got).sum(dim=-1).min() >= 1
+    assert torch.equal(got, expected)
+
+
+def _requests(count: int) -> list[GenerationRequest]:
+    return [
+        GenerationRequest(
+            id=str(i), messages=[{"role": "user", "content": f"Tip {i} for cooking?"}], seed=i
+        )
+        for i in range(count)
+    ]
+
+
+def test_bf16_generation_keeps_fp32_scores(tiny_model_dir):
+    mixed = HFBackend(
+        str(tiny_model_dir), device="cpu", generation_dtype="bfloat16", show_progress=False
+    )
+    plain = HFBackend(str(tiny_model_dir), device="cpu", dtype="float32", show_progress=False)
+    sampling = SamplingConfig(max_new_tokens=6, temperature=0.8, top_p=0.9)
+    completions = mixed.generate(_requests(5), sampling)
+    assert mixed.generation_model.dtype == torch.bfloat16
+    assert mixed.model.dtype == torch.float32 and plain.generation_model is plain.model
+    assert all(c.finish_reason in ("stop", "length") and c.num_tokens <= 6 for c in completions)
+    prompts = [mixed.render(r.messages) for r in _requests(5)]
+    responses = [c.text or "x" for c in completions]
+    assert mixed.score(prompts, responses) == plain.score(prompts, responses)
+
+
+def test_generation_only_loads_one_copy(tiny_model_dir):
+    backend = HFBackend(
+        str(tiny_model_dir), device="cpu", generation_dtype="bfloat16", show_progress=False
+    )
+    backend.generate(_requests(2), SamplingConfig(max_new_tokens=3, temperature=0))
+    assert list(backend._networks) == [torch.bfloat16]
+
+
+@pytest.mark.slow
+def test_bf16_generation_is_sensible_on_the_default_model():
+    """The default model, generating in bf16 (what ``auto`` picks on native-bf16 CPUs)."""
+    from mipo_engine.models import resolve_model
+
+    backend = HFBackend(
+        resolve_model(None),
+        device="cpu",
+        generation_dtype="bfloat16",
+        batch_size=4,
+        show_progress=False,
+    )
+    questions = [
+        "What is the capital of France?",
+        "Give me one tip for learning to cook.",
+        "Why is the sky blue?",
+        "Name three fruits.",
+    ]
+    requests = [
+        GenerationRequest(id=str(i), messages=[{"role": "user", "content": q}], seed=i)
+        for i, q in enumerate(questions)
+    ]
+    completions = backend.generate(requests, SamplingConfig(max_new_tokens=40, temperature=0.7))
+    assert backend.generation_model.dtype == torch.bfloat16
+    texts = [c.text for c in completions]
+    non_empty = [t for t in texts if t.strip()]
+    assert len(non_empty) >= 3, texts
+    for text in non_empty:
+        letters = sum(ch.isalpha() or ch.isspace() for ch in text)
+        assert letters / len(text) > 0.6, text
+    assert len(re.findall(r"[A-Za-z]{3,}", " ".join(texts))) >= 15, texts
