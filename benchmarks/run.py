@@ -572,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def resolve_benchmark_model(args: argparse.Namespace, workdir: Path) -> tuple[str, str]:
-    """(path, label): ``--model``, else a tiny random model for ``--quick``, else Gemma."""
+    """(path, label): ``--model``, else a tiny random model for ``--quick``, else Gemma 3 270M
+    (by catalogue name: the recorded figures in RESULTS.md are for it)."""
     if args.model is not None:
         from mipo_engine.models import resolve_model
 
@@ -585,7 +586,7 @@ def resolve_benchmark_model(args: argparse.Namespace, workdir: Path) -> tuple[st
         return str(path), "tiny-random-llama"
     from mipo_engine.models import resolve_model
 
-    return resolve_model(None), "gemma-3-270m"
+    return resolve_model("gemma-3-270m"), "gemma-3-270m"
 
 
 if __name__ == "__main__":
