@@ -58,9 +58,10 @@ def command(
     data: Annotated[
         str | None,
         typer.Option(
-            help="Benchmark file in its original layout, a prompts .parquet, or builtin:<set>; "
-            "default: the shared benchmark copy / the bundled IFEval prompts / "
-            "builtin:personalization-heldout."
+            help="Benchmark file in its original layout, a prompts .parquet, builtin:<set>, or "
+            "'hub' (the pinned Hugging Face copy). Default: the Hub copy for benchmarks "
+            "(cached after the first run; offline, pass the file), the bundled prompts for "
+            "ifeval, builtin:personalization-heldout for personalization."
         ),
     ] = None,
     limit: Annotated[

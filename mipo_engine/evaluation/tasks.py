@@ -31,6 +31,7 @@ from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.errors import InputError
 from mipo_engine.evaluation.extract import extract_choice, extract_number, numbers_equal
 from mipo_engine.sources.benchmarks import BENCHMARKS, choice_labels, load_benchmark, subsample
+from mipo_engine.sources.hub import cached_hub_path, fetch_hub_benchmark
 from mipo_engine.sources.ifeval import builtin_ifeval_path, load_ifeval
 
 Kind = Literal["math", "mcq", "personalization", "ifeval"]
@@ -41,6 +42,9 @@ Row = dict[str, Any]
 ANSWER_MARKER = "The answer is:"
 
 DEFAULT_PERSONALIZATION_DATA = "builtin:personalization-heldout"
+
+HUB_DATA = "hub"
+"""``--data hub``: the benchmark's pinned Hub copy even where a local default exists (IFEval)."""
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,9 @@ def load_items(
     """Rows of the ``prompts`` schema to evaluate ``task`` on.
 
     ``data`` is, for IFEval, a file in the original ``input_data.jsonl`` layout (default: the
-    bundled copy); for the other benchmarks, a file in the benchmark's original layout (default: the
-    shared copy, ``load_benchmark``) or a prompts ``.parquet`` from ``mipo ingest``; for
+    bundled copy); for the other benchmarks, a file in the benchmark's original layout
+    (default: the pinned Hub copy or ``$MIPO_SHARED_DATA``, ``Benchmark.default_path``) or a
+    prompts ``.parquet`` from ``mipo ingest``; ``hub`` forces the Hub copy. For
     personalization, a prompts ``.parquet`` or ``builtin:<set>`` (default: the held-out rows
     of the built-in set). ``limit`` keeps a fixed random subset (``subsample`` with ``seed``,
     order preserved), as seed 004 App. C.1 evaluates on 200-500 items per benchmark.
@@ -99,10 +104,12 @@ def load_items(
     if task.kind == "personalization":
         rows = _personalization_rows(data or DEFAULT_PERSONALIZATION_DATA)
     elif task.kind == "ifeval":
-        rows = load_ifeval(data)
+        rows = load_ifeval(fetch_hub_benchmark("ifeval") if data == HUB_DATA else data)
     elif data is not None and Path(data).suffix == ".parquet":
         rows = _prompts_file_rows(Path(data), expected_task=task.kind)
     else:
+        if data == HUB_DATA:
+            data = fetch_hub_benchmark(task.name)
         try:
             rows = load_benchmark(task.name, data)
         except FileNotFoundError as error:
@@ -114,6 +121,8 @@ def load_items(
 
 def data_source(task: EvalTask, data: str | Path | None) -> Path | None:
     """The file or folder the items come from, for the manifest's input hashes."""
+    if data == HUB_DATA:
+        return cached_hub_path(task.name)
     if data is not None and not str(data).startswith("builtin:"):
         return Path(data)
     if task.kind == "ifeval":
@@ -127,7 +136,7 @@ def data_source(task: EvalTask, data: str | Path | None) -> Path | None:
         return resource_dir("data") / file_name if file_name else None
     try:
         return BENCHMARKS[task.name].default_path()
-    except FileNotFoundError:  # no shared data folder; load_items reports it
+    except (FileNotFoundError, InputError):  # no data found; load_items reports it
         return None
 
 

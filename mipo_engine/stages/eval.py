@@ -47,6 +47,7 @@ from mipo_engine.evaluation.results import EVAL, summarize, summary_path
 from mipo_engine.evaluation.stats import answer_entropy, letter_probabilities
 from mipo_engine.evaluation.tasks import (
     EVAL_TASKS,
+    HUB_DATA,
     EvalTask,
     answer_prefix,
     data_source,
@@ -80,7 +81,8 @@ class EvalConfig(StageConfig):
     adapter: Path | None = None
     """A LoRA adapter folder (``mipo train --lora``) applied on top of ``model``."""
     data: str | None = None
-    """Benchmark file, prompts ``.parquet`` or ``builtin:<set>``; None: the task's default."""
+    """Benchmark file, prompts ``.parquet``, ``builtin:<set>`` or ``hub``; None: the task's
+    default (the pinned Hub copy for benchmarks, the bundled prompts for IFEval)."""
     limit: int | None = Field(None, ge=1)
     """Evaluate a fixed random subset of this many items (seed ``seed``)."""
     backend: BackendName = "hf"
@@ -427,9 +429,8 @@ def _evaluate_chunk(backends: _Backends, units: list[Unit], config: EvalConfig) 
 
 def _check_paths(config: EvalConfig) -> Path:
     """The output path, after checking the inputs exist and none would be overwritten."""
-    data_file = (
-        Path(config.data) if config.data and not config.data.startswith("builtin:") else None
-    )
+    local = config.data and config.data != HUB_DATA and not config.data.startswith("builtin:")
+    data_file = Path(config.data) if local else None
     output = check_output_path(
         config.out, data_file, config.reference, config.rubrics, config.responses
     )
