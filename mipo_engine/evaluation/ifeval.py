@@ -19,6 +19,8 @@ instruction (the package returns no per-instruction result for it), and an unkno
 instruction id is refused when the items are read (the package would skip it silently).
 The package also drops a leading ``<think>...</think>`` block before checking, which the
 reference does not do; the responses of the models evaluated here contain no such block.
+Language detection (``langdetect``, used by the language and case instructions) samples at
+random; it is seeded here so that a response always gets the same verdict.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def verify(
         failed = (False,) * len(ids)
         return Verdict(ids, failed, failed)
     install_punkt()  # sentence counts and word splitting use NLTK's Punkt model
+    _seed_language_detection()
     sample = IFEvalSample(
         key=0,
         prompt=prompt,
@@ -95,6 +98,14 @@ def verify(
         tuple(bool(result.strict_pass) for result in results),
         tuple(bool(result.loose_pass) for result in results),
     )
+
+
+def _seed_language_detection() -> None:
+    """Make ``langdetect`` (language and lowercase/capital checks) give the same verdict on
+    every run: it samples, and the reference leaves it unseeded."""
+    from langdetect import DetectorFactory
+
+    DetectorFactory.seed = 0
 
 
 def kwargs_json(kwargs: Sequence[Mapping[str, Any]]) -> str:
