@@ -13,6 +13,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The benchmark files beside the checkout are a test fixture: make them the default benchmark
+# data (the product default is the pinned Hub copy, unreachable in tests).
+_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+if _SHARED_DATA.is_dir():
+    os.environ.setdefault("MIPO_SHARED_DATA", str(_SHARED_DATA))
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -29,13 +29,12 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
             "One two three four five.",  # 5
             "- one\n- two\n- three",  # 3: list markers are not words
             "Short — and sweet!  \n",  # 3: a lone dash is not a word
-            "1. Buy milk\n2. Sleep",  # 3: "1." and "2." are markers
-            "",  # an upper bound holds for an empty response
+            "1. Buy milk\n2. Sleep",  # 5: IFEval counts \\w+ runs, digits too
         ],
         [
             "One two three four five six.",  # 6
             "# Title here\nOne two three four",  # 2 + 4 = 6
-            "well-known facts , are six words here",  # 6: the lone comma does not count
+            "well-known facts , are six words here",  # 7: "well-known" is two \\w+ runs
         ],
     ),
     "min_words": (
@@ -61,7 +60,7 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
         ],
         [
             "One. Two. Three.",  # 3
-            "First point\nSecond point\nThird point",  # 3: each line ends a sentence
+            "First point. Second point! Third point?",  # 3
             "Really? Yes! Sure.",  # 3
         ],
     ),
@@ -70,12 +69,12 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
         [
             "- a\n- b\n- c",
             "Intro:\n* one\n* two\n* three\n\nDone.",
-            "1. first\n2. second\n3) third",
-            "• a\n• b\n  - nested",  # nested items count
+            "* a\n  - nested b\n- c",  # nested items count
+            "- a\n- b\n- c\n\n**Bold** end",  # bold text is not a bullet
         ],
         [
             "- a\n- b",  # 2
-            "**Bold** intro\n- a\n- b\n---",  # 2: bold text and a rule are not bullets
+            "1. first\n2. second\n3) third",  # IFEval's bullets are * and - only
             "- a\n- b\n- c\n- d",  # 4
             "a, b and c",  # 0
         ],
@@ -116,7 +115,6 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
             "This is extremely good.",
             "Every verb matters.",  # "very" inside "Every" is not the word
             "Avery went home.",
-            "",
         ],
         [
             "That is very nice.",
@@ -134,10 +132,10 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
             "An “example” in curly quotes.",
         ],
         [
-            "Here are some examples.",  # another form of the word
+            "Here is a sample.",
             "No such word.",
             "",
-            "A counterexample works.",
+            "An exam plea.",  # the letters apart
         ],
     ),
     "starts_with_word": (
@@ -175,11 +173,12 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
         'End your response with the exact phrase "Good luck!"',
         [
             "Here you go. Good luck!",
-            "Here you go. **Good luck!**",
+            '"Here you go. Good luck!"',  # surrounding quotes are ignored
             "good luck!\n\n",
-            "Here you go.  Good   luck!",
         ],
         [
+            "Here you go. **Good luck!**",  # strictly, the asterisks end it
+            "Here you go.  Good   luck!",  # spacing is compared as is
             "Good luck! Bye.",
             "Here you go. Good luck.",
             "",
@@ -189,10 +188,9 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "all_lowercase": (
         "Write everything in lowercase letters, with no capitals at all.",
         [
-            "all lowercase here.",
-            "numbers 123 and symbols #!",
-            "",
-            "ünïcode lower",
+            "this answer is written in plain english words.",
+            "the meeting starts at nine in the morning and ends at noon.",
+            "please bring your own lunch because the kitchen is closed today.",
         ],
         [
             "Hello there.",
@@ -206,13 +204,11 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
         [
             "No commas here. Just periods.",
             "Semicolons; dashes — fine.",
-            "",
             "It costs 3.5 dollars.",
         ],
         [
             "Yes, it works.",
             "1,000 people",
-            "a，b",  # full-width comma
             "one,two",
         ],
     ),
@@ -241,10 +237,9 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
             "Body\nP. S. with a space",
         ],
         [
-            "P.S. Only a postscript.",  # nothing comes before it
-            "Main text. P.S. inline on the first line",
             "Main text.\nPS: no dots",
             "Main text only.",
+            "Main text.\nPost script: later.",
         ],
     ),
     "no_digits": (
@@ -380,25 +375,34 @@ def test_type_check_rejects_item_of_another_type() -> None:
 # ---- edge cases ----------------------------------------------------------------------------
 
 
-def test_multi_word_phrases_match_across_whitespace_only() -> None:
+def test_required_words_match_as_ifeval_keywords() -> None:
+    """keywords:existence: a case-insensitive search, inside longer words too."""
     item = 'Include the phrase "olive oil" in the recipe.'
-    assert check_constraint(item, "Drizzle with olive\noil.")
     assert check_constraint(item, "OLIVE OIL is best.")
+    assert check_constraint(item, "Buy olive oils.")
+    assert not check_constraint(item, "Drizzle with olive\noil.")
     assert not check_constraint(item, "Use olive-oil spray.")
 
 
-def test_contractions_are_other_words_but_possessives_are_not() -> None:
+def test_forbidden_words_match_on_word_boundaries() -> None:
+    """keywords:forbidden_words: whole words, so a contraction contains the word."""
     item = 'Do not use the word "can".'
-    assert check_constraint(item, "I can't say.")
-    assert check_constraint(item, "I can’t say.")
+    assert not check_constraint(item, "I can't say.")
     assert not check_constraint(item, "I can say.")
-    assert not check_constraint(item, "The can's label.")
+    assert check_constraint(item, "I cannot say.")
 
 
-def test_curly_and_straight_apostrophes_are_the_same() -> None:
+def test_end_phrase_compares_apostrophes_as_written() -> None:
     item = 'End your response with the exact phrase "You\'ve got this!"'
-    assert check_constraint(item, "Keep going. You’ve got this!")
     assert check_constraint(item, "Keep going. You've got this!")
+    assert not check_constraint(item, "Keep going. You’ve got this!")
+
+
+def test_empty_response_follows_no_ifeval_instruction() -> None:
+    """IFEval fails every instruction for an empty response, upper bounds included."""
+    for item in ("Keep the whole answer to at most 5 words.", "Do not use any commas."):
+        assert not check_constraint(item, "")
+    assert check_constraint("Do not use bullet points or lists.", "")  # project-only
 
 
 def test_word_limit_boundary_is_inclusive() -> None:
@@ -481,3 +485,56 @@ def test_count_paragraphs(text: str, expected: int) -> None:
 )
 def test_count_sentences(text: str, expected: int) -> None:
     assert count_sentences(text) == expected
+
+
+# ---- IFEval mapping -------------------------------------------------------------------------
+
+# Types IFEval has no instruction for (also listed in docs/evaluation.md).
+EXPECTED_PROJECT_ONLY = {
+    "no_bullets",
+    "exact_paragraphs",
+    "starts_with_word",
+    "ends_with_question",
+    "title_heading",
+    "no_digits",
+}
+
+
+def test_every_type_maps_to_ifeval_or_is_listed_project_only() -> None:
+    """A new type fails here until it gets an IFEval instruction or is listed above."""
+    from mipo_engine.evaluation.ifeval import is_instruction_id
+    from mipo_engine.judging.constraints import PROJECT_ONLY_TYPES
+
+    assert PROJECT_ONLY_TYPES == EXPECTED_PROJECT_ONLY
+    for name, entry in CONSTRAINT_TYPES.items():
+        parsed = parse_constraint(entry.example)
+        assert parsed is not None
+        instruction = entry.instruction(*parsed[1])
+        if name in EXPECTED_PROJECT_ONLY:
+            assert instruction is None and entry.checker is not None, name
+        else:
+            assert instruction is not None and entry.checker is None, name
+            assert is_instruction_id(instruction[0]), instruction
+
+
+def test_builtin_verifiable_items_are_checked_as_ifeval_instructions() -> None:
+    """Every verifiable item of the built-in sets gets a verdict from its checker."""
+    import json
+
+    from mipo_engine.evaluation.ifeval import verify
+    from mipo_engine.resources import resource_dir
+
+    seen: set[str] = set()
+    path = resource_dir("data") / "personalization.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        for item in json.loads(line)["context_items"] or []:
+            parsed = parse_constraint(item)
+            if parsed is None:
+                continue
+            entry, arguments = parsed
+            seen.add(entry.name)
+            instruction = entry.instruction(*arguments)
+            if instruction is not None:  # the kwargs build the reference verifier
+                verify("", [instruction[0]], [instruction[1]], "A short reply.")
+            assert isinstance(check_constraint(item, "A short reply."), bool)
+    assert seen - EXPECTED_PROJECT_ONLY, "the built-in set has IFEval-mapped items"

@@ -23,6 +23,7 @@ from mipo_engine.evaluation.compare import (
     comparison_markdown,
     write_comparison,
 )
+from mipo_engine.evaluation.ifeval import verify
 from mipo_engine.evaluation.results import EVAL, summary_path
 from mipo_engine.evaluation.stats import bootstrap_ci
 from mipo_engine.evaluation.tasks import answer_prefix, letter_continuations
@@ -31,7 +32,7 @@ from mipo_engine.sources.benchmarks import shared_data_dir
 from mipo_engine.stages.eval import EvalConfig, run_eval
 
 BENCHMARK_TASKS = ("gsm8k", "svamp", "mmlu", "arc_easy", "arc_challenge")
-ALL_TASKS = (*BENCHMARK_TASKS, "personalization")
+ALL_TASKS = (*BENCHMARK_TASKS, "personalization", "ifeval")
 COMMON_FIELDS = {"task", "kind", "items", "responses", "model", "backend", "seconds_this_run"}
 
 
@@ -51,6 +52,10 @@ def tiny_backend(tiny_model_dir: Path) -> Any:
     backend = HFBackend(str(tiny_model_dir), batch_size=4, show_progress=False)
     yield backend
     backend.close()
+
+
+def kwargs_of(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return json.loads(row["instruction_kwargs"])
 
 
 def _config(tiny_model_dir: Path, out: Path, **options: Any) -> EvalConfig:
@@ -99,6 +104,19 @@ def test_every_task_writes_items_and_summary(task: str, task_outputs: dict[str, 
             # Entropy over k letters lies in [0, ln k].
             assert 0.0 <= row["entropy"] <= math.log(len(row["letter_logprobs"])) + 1e-9
         assert set(summary["entropy"]) == {"all", "correct", "incorrect", "unavailable"}
+    if task == "ifeval":
+        assert frame.height == 5
+        for row in frame.iter_rows(named=True):
+            expected = verify(
+                row["prompt"], row["instruction_ids"], kwargs_of(row), row["response"]
+            )
+            assert row["strict_followed"] == list(expected.strict)
+            assert row["loose_followed"] == list(expected.loose)
+            assert row["correct"] == all(row["strict_followed"])
+            assert row["input"].count(row["prompt"]) == 1  # chat-formatted prompt
+        flags = [flag for flags in frame["strict_followed"].to_list() for flag in flags]
+        assert summary["instruction_level_strict"]["n"] == len(flags)
+        assert summary["instruction_level_strict"]["mean"] == pytest.approx(sum(flags) / len(flags))
     if task == "personalization":
         assert frame.height == 10  # 5 prompts x 2 samples
         assert summary["responses"] == 10

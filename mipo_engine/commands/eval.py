@@ -31,8 +31,9 @@ def command(
     task: Annotated[
         str | None,
         typer.Option(
-            help="gsm8k, svamp (8-shot math), mmlu, arc_easy, arc_challenge (zero-shot MCQ) "
-            "or personalization (held-out prompts with user contexts)."
+            help="gsm8k, svamp (8-shot math), mmlu, arc_easy, arc_challenge (zero-shot MCQ), "
+            "ifeval (IFEval's 541 prompts, reference verifiers) or personalization (held-out "
+            "prompts with user contexts)."
         ),
     ] = None,
     out: Annotated[
@@ -59,8 +60,10 @@ def command(
     data: Annotated[
         str | None,
         typer.Option(
-            help="Benchmark file in its original layout, a prompts .parquet, or builtin:<set>; "
-            "default: the shared benchmark copy / builtin:personalization-heldout."
+            help="Benchmark file in its original layout, a prompts .parquet, builtin:<set>, or "
+            "'hub' (the pinned Hugging Face copy). Default: the Hub copy for benchmarks "
+            "(cached after the first run; offline, pass the file), the bundled prompts for "
+            "ifeval, builtin:personalization-heldout for personalization."
         ),
     ] = None,
     limit: Annotated[
@@ -115,6 +118,14 @@ def command(
             help="Rubrics artifact (mipo rubrics) for rubric mode; made with the judge if absent."
         ),
     ] = None,
+    responses: Annotated[
+        Path | None,
+        typer.Option(
+            help="ifeval: score these responses instead of running a model: JSONL with "
+            "'prompt' and 'response' per line (IFEval's format) or a .parquet with those "
+            "columns (e.g. an ifeval eval output)."
+        ),
+    ] = None,
     compare: Annotated[
         bool,
         typer.Option(
@@ -127,14 +138,18 @@ def command(
         list[str] | None, typer.Option(help="With --compare: a name per output (repeat).")
     ] = None,
 ) -> None:
-    """Evaluate a model: math and MCQ accuracy, answer entropy, personalization metrics."""
+    """Evaluate a model: math and MCQ accuracy, answer entropy, IFEval, personalization."""
     if compare:
         written = call_stage(lambda: _compare_checked(outputs, out, label))
         if written is not None:
             done(written, "comparison")
         return
 
-    from mipo_engine.evaluation.compare import compare_evals, comparison_table
+    from mipo_engine.evaluation.compare import (
+        compare_evals,
+        comparison_table,
+        per_instruction_table,
+    )
     from mipo_engine.stages.eval import EvalConfig, run_eval
 
     def run() -> Path:
@@ -166,9 +181,13 @@ def command(
             judge_model=judge_model,
             judge_base_url=judge_base_url,
             rubrics=rubrics,
+            responses=responses,
         )
         path = run_eval(config)
-        stdout.print(comparison_table(compare_evals([path])))
+        entries = compare_evals([path])
+        stdout.print(comparison_table(entries))
+        if entries[0]["summary"]["kind"] == "ifeval":
+            stdout.print(per_instruction_table(entries[0]["summary"]))
         return path
 
     done(call_stage(run), "eval results")

@@ -44,6 +44,9 @@ def _per_item_values(frame: pl.DataFrame, metric: str) -> dict[str, float]:
     """Per-response values of ``metric`` keyed by response id, for paired differences."""
     if metric == "accuracy":
         values = frame.select("id", pl.col("correct").fill_null(False).cast(pl.Float64))
+    elif metric in ("prompt_level_strict", "prompt_level_loose"):
+        column = "strict_followed" if metric == "prompt_level_strict" else "loose_followed"
+        values = frame.select("id", pl.col(column).list.all().cast(pl.Float64))
     elif metric == "adherence":
         values = frame.filter(pl.col("verifiable_items") > 0).select(
             "id", pl.col("items_met") / pl.col("verifiable_items")
@@ -68,6 +71,8 @@ def _metrics_of(kind: str) -> list[str]:
     """The metrics with intervals compared for a task kind (first: the headline one)."""
     if kind == "personalization":
         return ["adherence", "pmi", "win_rate"]
+    if kind == "ifeval":
+        return ["prompt_level_strict", "prompt_level_loose"]
     return ["accuracy"]
 
 
@@ -106,7 +111,11 @@ def compare_evals(
         entry: dict[str, Any] = {
             "label": labels[position] if labels else Path(path).stem,
             "path": str(path),
-            "model": config.get("model") or "default",
+            "model": (
+                f"responses {Path(config['responses']).name}"
+                if config.get("responses")
+                else config.get("model") or "default"
+            ),
             "adapter": config.get("adapter"),
             "summary": summary,
             "difference_to_first": {},
@@ -161,6 +170,8 @@ def _columns(kind: str) -> list[tuple[str, Any]]:
                 ("entropy (incorrect)", lambda e: _entropy_cell(e, "incorrect")),
             ]
         return columns
+    if kind == "ifeval":
+        return _ifeval_columns()
     return [
         (
             "adherence % [95% CI]",
@@ -182,6 +193,38 @@ def _columns(kind: str) -> list[tuple[str, Any]]:
             lambda e: _format_interval(_headline(e["summary"], "win_rate"), percent=True),
         ),
     ]
+
+
+def _ifeval_columns() -> list[tuple[str, Any]]:
+    """IFEval's four metrics (percent, 95% intervals) and the paired prompt-level change."""
+
+    def metric(name: str) -> Any:
+        return lambda e: _format_interval(e["summary"][name], percent=True)
+
+    return [
+        ("prompt strict %", metric("prompt_level_strict")),
+        ("prompt loose %", metric("prompt_level_loose")),
+        ("instruction strict %", metric("instruction_level_strict")),
+        ("instruction loose %", metric("instruction_level_loose")),
+        (
+            "Δ prompt strict",
+            lambda e: _format_interval(
+                e["difference_to_first"].get("prompt_level_strict"), percent=True, signed=True
+            ),
+        ),
+    ]
+
+
+def per_instruction_table(summary: dict[str, Any]) -> Table:
+    """IFEval accuracy per instruction type of one eval summary."""
+    table = Table(title=f"{summary['task']}: accuracy per instruction type")
+    for name in ("instruction id", "n", "strict %", "loose %"):
+        table.add_column(name)
+    for name, entry in summary["per_instruction"].items():
+        table.add_row(
+            name, str(entry["n"]), f"{100 * entry['strict']:.1f}", f"{100 * entry['loose']:.1f}"
+        )
+    return table
 
 
 def _entropy_cell(entry: dict[str, Any], which: str) -> str:

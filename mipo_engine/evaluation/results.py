@@ -2,7 +2,9 @@
 
 One row per evaluated response. Columns a task does not use are null: math and mcq fill
 ``answer``/``prediction``/``correct`` (mcq also ``letter_logprobs``/``entropy``);
-personalization fills the adherence, log-prob, PMI and judge columns. ``summarize`` turns the
+personalization fills the adherence, log-prob, PMI and judge columns; ifeval fills the
+instruction ids, their kwargs and the per-instruction strict/loose verdicts, and ``correct``
+with the prompt-level strict verdict. ``summarize`` turns the
 rows into the numbers ``mipo eval`` prints and writes beside the artifact, with percentile
 bootstrap 95% intervals (``bootstrap_ci``) on accuracies, adherence, PMI and win rates;
 ``mipo eval --compare`` calls the same function, so both always agree.
@@ -37,8 +39,8 @@ EVAL = register_schema(
             Column("context_items", pl.List(_STR), True, doc="the context's preference items"),
             Column("input", _STR, doc="exact text the model was conditioned on"),
             Column("response", _STR, doc="the model's output"),
-            Column("finish_reason", _STR, doc="stop or length"),
-            Column("response_tokens", _I64),
+            Column("finish_reason", _STR, True, doc="stop or length; null for scored --responses"),
+            Column("response_tokens", _I64, True, doc="null for scored --responses"),
             Column("seed", _I64, doc="sampling seed of this response"),
             Column("answer", _STR, True, doc="gold answer (math, mcq)"),
             Column("prediction", _STR, True, doc="extracted answer (math, mcq)"),
@@ -64,6 +66,20 @@ EVAL = register_schema(
             Column("judge_score", _F64, True, doc="aggregated rubric score of the response"),
             Column("reference_score", _F64, True, doc="same for the reference response"),
             Column("win", _F64, True, doc="1 if judge_score >= reference_score (ties win)"),
+            Column("instruction_ids", pl.List(_STR), True, doc="IFEval instruction ids (ifeval)"),
+            Column("instruction_kwargs", _STR, True, doc="their kwargs as a JSON list (ifeval)"),
+            Column(
+                "strict_followed",
+                pl.List(_BOOL),
+                True,
+                doc="per instruction: the response as is passes its verifier (ifeval)",
+            ),
+            Column(
+                "loose_followed",
+                pl.List(_BOOL),
+                True,
+                doc="per instruction: the response or a loose variant passes (ifeval)",
+            ),
         ),
     )
 )
@@ -161,6 +177,24 @@ def _personalization_summary(frame: pl.DataFrame) -> dict[str, Any]:
     return summary
 
 
+def _ifeval_summary(frame: pl.DataFrame) -> dict[str, Any]:
+    """IFEval's four metrics with intervals, and accuracy per instruction type.
+
+    Prompt-level intervals resample prompts, instruction-level ones resample instructions.
+    """
+    from mipo_engine.evaluation.ifeval import metric_values, per_instruction_type
+
+    ids = frame["instruction_ids"].to_list()
+    strict = frame["strict_followed"].to_list()
+    loose = frame["loose_followed"].to_list()
+    summary: dict[str, Any] = {
+        name: interval(values) for name, values in metric_values(strict, loose).items()
+    }
+    summary["instructions"] = sum(len(names) for names in ids)
+    summary["per_instruction"] = per_instruction_type(ids, strict, loose)
+    return summary
+
+
 def summarize(frame: pl.DataFrame, kind: str) -> dict[str, Any]:
     """Summary numbers of an eval artifact whose task is of ``kind`` (math, mcq, ...)."""
     if frame.height == 0:
@@ -179,4 +213,6 @@ def summarize(frame: pl.DataFrame, kind: str) -> dict[str, Any]:
         summary["entropy"] = _entropy_summary(frame)
     if kind == "personalization":
         summary.update(_personalization_summary(frame))
+    if kind == "ifeval":
+        summary.update(_ifeval_summary(frame))
     return summary

@@ -9,6 +9,9 @@ Seed 004 (sec. 5.4, App. C.1/C.3) evaluates on three kinds of task:
   distribution over the answer letters right after ``The answer is:`` (Figs. 2-3).
 - **personalization**: responses to held-out prompts under their user contexts; metrics live
   in ``mipo_engine.evaluation.personalization``.
+- **ifeval** (IFEval, Zhou et al. 2023): one greedy chat response per prompt, checked by the
+  reference verifiers (``mipo_engine.evaluation.ifeval``); the budget matches
+  lm-evaluation-harness's ``ifeval`` task (1280 new tokens).
 
 This module holds what is specific to each task and free of any model: the registry, item
 loading and grading, and where the answer-letter distribution is read.
@@ -28,8 +31,10 @@ from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.errors import InputError
 from mipo_engine.evaluation.extract import extract_choice, extract_number, numbers_equal
 from mipo_engine.sources.benchmarks import BENCHMARKS, choice_labels, load_benchmark, subsample
+from mipo_engine.sources.hub import cached_hub_path, fetch_hub_benchmark
+from mipo_engine.sources.ifeval import builtin_ifeval_path, load_ifeval
 
-Kind = Literal["math", "mcq", "personalization"]
+Kind = Literal["math", "mcq", "personalization", "ifeval"]
 Row = dict[str, Any]
 
 # The phrase seed 004 App. C.1 asks MCQ answers to end with; the answer-letter distribution
@@ -37,6 +42,9 @@ Row = dict[str, Any]
 ANSWER_MARKER = "The answer is:"
 
 DEFAULT_PERSONALIZATION_DATA = "builtin:personalization-heldout"
+
+HUB_DATA = "hub"
+"""``--data hub``: the benchmark's pinned Hub copy even where a local default exists (IFEval)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ EVAL_TASKS: dict[str, EvalTask] = {
         EvalTask("arc_challenge", "mcq", 128, 0.0),
         # Sampled, so that the diversity of the responses (self-BLEU) means something.
         EvalTask("personalization", "personalization", 256, 0.7),
+        EvalTask("ifeval", "ifeval", 1280, 0.0),
     )
 }
 
@@ -84,17 +93,23 @@ def load_items(
 ) -> list[Row]:
     """Rows of the ``prompts`` schema to evaluate ``task`` on.
 
-    ``data`` is, for benchmarks, a file in the benchmark's original layout (default: the
-    shared copy, ``load_benchmark``) or a prompts ``.parquet`` from ``mipo ingest``; for
+    ``data`` is, for IFEval, a file in the original ``input_data.jsonl`` layout (default: the
+    bundled copy); for the other benchmarks, a file in the benchmark's original layout
+    (default: the pinned Hub copy or ``$MIPO_SHARED_DATA``, ``Benchmark.default_path``) or a
+    prompts ``.parquet`` from ``mipo ingest``; ``hub`` forces the Hub copy. For
     personalization, a prompts ``.parquet`` or ``builtin:<set>`` (default: the held-out rows
     of the built-in set). ``limit`` keeps a fixed random subset (``subsample`` with ``seed``,
     order preserved), as seed 004 App. C.1 evaluates on 200-500 items per benchmark.
     """
     if task.kind == "personalization":
         rows = _personalization_rows(data or DEFAULT_PERSONALIZATION_DATA)
+    elif task.kind == "ifeval":
+        rows = load_ifeval(fetch_hub_benchmark("ifeval") if data == HUB_DATA else data)
     elif data is not None and Path(data).suffix == ".parquet":
         rows = _prompts_file_rows(Path(data), expected_task=task.kind)
     else:
+        if data == HUB_DATA:
+            data = fetch_hub_benchmark(task.name)
         try:
             rows = load_benchmark(task.name, data)
         except FileNotFoundError as error:
@@ -106,8 +121,12 @@ def load_items(
 
 def data_source(task: EvalTask, data: str | Path | None) -> Path | None:
     """The file or folder the items come from, for the manifest's input hashes."""
+    if data == HUB_DATA:
+        return cached_hub_path(task.name)
     if data is not None and not str(data).startswith("builtin:"):
         return Path(data)
+    if task.kind == "ifeval":
+        return builtin_ifeval_path()
     if task.kind == "personalization":
         from mipo_engine.resources import resource_dir
         from mipo_engine.sources.builtin import BUILTIN_SETS
@@ -117,7 +136,7 @@ def data_source(task: EvalTask, data: str | Path | None) -> Path | None:
         return resource_dir("data") / file_name if file_name else None
     try:
         return BENCHMARKS[task.name].default_path()
-    except FileNotFoundError:  # no shared data folder; load_items reports it
+    except (FileNotFoundError, InputError):  # no data found; load_items reports it
         return None
 
 

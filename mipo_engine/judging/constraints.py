@@ -5,14 +5,22 @@ each item with a rubric. Some items need no judge at all: "Keep the whole answer
 words" or "End your response with a question" can be checked by a function. This module keeps
 one registry, ``CONSTRAINT_TYPES``, of such item types. Each type has a regular expression that
 recognises its canonical phrasing in an item and captures its parameter (a number or a quoted
-word), and a checker that decides adherence for a response::
+word), and decides adherence for a response::
 
     >>> check_constraint("Use exactly 3 bullet points.", "- a\\n- b\\n- c")
     True
     >>> constraint_type("I like a warm tone.") is None
     True
 
-Text conventions shared by all checkers (the counting helpers are public so evaluation code
+Where IFEval (Zhou et al. 2023) has an instruction for the type, the item is expressed as that
+instruction id with its kwargs (``ConstraintType.ifeval``) and checked by IFEval's reference
+verifier (strict, ``mipo_engine.evaluation.ifeval.verify``), so adherence means what IFEval's
+instruction-level accuracy means: "at most N words" is ``length_constraints:number_words``
+with ``less than N+1``, a required word is ``keywords:existence`` (a case-insensitive
+search, also inside longer words), an empty response follows no instruction, and so on.
+``PROJECT_ONLY_TYPES`` lists the types IFEval lacks; only those keep a checker of their own.
+
+Text conventions of the project's own checkers (the counting helpers are public so evaluation code
 reports the same numbers the checkers use):
 
 - words: whitespace-separated tokens that contain a letter or digit; list markers (``-``,
@@ -24,8 +32,8 @@ reports the same numbers the checkers use):
 - word matching: case-insensitive, on word boundaries, curly apostrophes read as straight ones;
   a possessive ``'s`` still counts as the word.
 
-Upper-bound and absence items (``at most N words``, ``do not use the word``, ``lowercase``...)
-hold for an empty response; presence items (a required word, a question at the end) do not.
+Project-only absence items (no bullets, no digits) hold for an empty response; presence items
+(a first word, a question at the end) do not.
 """
 
 from __future__ import annotations
@@ -33,9 +41,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
+
+IFEvalInstruction = tuple[str, dict[str, Any]]
+"""An IFEval instruction id and its kwargs, e.g. ("punctuation:no_comma", {})."""
 
 __all__ = [
     "CONSTRAINT_TYPES",
+    "PROJECT_ONLY_TYPES",
     "ConstraintType",
     "check_constraint",
     "constraint_adherence",
@@ -160,36 +173,12 @@ def _non_empty_lines(text: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_max_words(response: str, limit: int) -> bool:
-    return count_words(response) <= limit
-
-
-def _check_min_words(response: str, minimum: int) -> bool:
-    return count_words(response) >= minimum
-
-
-def _check_max_sentences(response: str, limit: int) -> bool:
-    return count_sentences(response) <= limit
-
-
-def _check_exact_bullets(response: str, count: int) -> bool:
-    return count_bullets(response) == count
-
-
 def _check_no_bullets(response: str) -> bool:
     return count_bullets(response) == 0
 
 
 def _check_exact_paragraphs(response: str, count: int) -> bool:
     return count_paragraphs(response) == count
-
-
-def _check_required_word(response: str, word: str) -> bool:
-    return _contains_phrase(response, word)
-
-
-def _check_forbidden_word(response: str, word: str) -> bool:
-    return not _contains_phrase(response, word)
 
 
 def _check_starts_with_word(response: str, word: str) -> bool:
@@ -202,35 +191,11 @@ def _check_ends_with_question(response: str) -> bool:
     return response.rstrip(_TRAILING_MARKUP).endswith("?")
 
 
-def _check_ends_with_phrase(response: str, phrase: str) -> bool:
-    # Markdown emphasis around the closing phrase (``**Good luck!**``) still counts.
-    ending = " ".join(_normalise_quotes(response).rstrip(" \t\r\n*_").split()).casefold()
-    expected = " ".join(_normalise_quotes(phrase).split()).casefold()
-    return bool(expected) and ending.endswith(expected)
-
-
-def _check_all_lowercase(response: str) -> bool:
-    return not any(character.isupper() for character in response)
-
-
-def _check_no_commas(response: str) -> bool:
-    return "," not in response and "，" not in response
-
-
 def _check_title_heading(response: str) -> bool:
     # A title is a markdown heading on the first line with text after it (a heading alone is
     # not an answer with a title).
     lines = _non_empty_lines(response)
     return len(lines) >= 2 and _HEADING_LINE.match(lines[0]) is not None
-
-
-_POSTSCRIPT_LINE = re.compile(r"^\s*[*_]*P\.\s?S\.", re.IGNORECASE)
-
-
-def _check_postscript(response: str) -> bool:
-    # The postscript follows the main text, so it cannot be the first line.
-    lines = _non_empty_lines(response)
-    return any(_POSTSCRIPT_LINE.match(line) for line in lines[1:])
 
 
 def _check_no_digits(response: str) -> bool:
@@ -255,8 +220,26 @@ class ConstraintType:
     description: str
     example: str
     pattern: re.Pattern[str]
-    checker: Callable[..., bool]
+    checker: Callable[..., bool] | None
+    """The project's own check, only for types IFEval has no instruction for."""
     argument_types: tuple[type, ...] = ()
+    ifeval: Callable[..., IFEvalInstruction] | None = None
+    """Parameters -> the IFEval instruction (id, kwargs) this type is checked as."""
+
+    def instruction(self, *arguments: object) -> IFEvalInstruction | None:
+        """The IFEval instruction for these parameters; None for a project-only type."""
+        return None if self.ifeval is None else self.ifeval(*arguments)
+
+    def verdict(self, response: str, *arguments: object) -> bool:
+        """Adherence: IFEval's strict verdict when mapped, else the project's checker."""
+        instruction = self.instruction(*arguments)
+        if instruction is None:
+            assert self.checker is not None
+            return self.checker(response, *arguments)
+        from mipo_engine.evaluation.ifeval import verify
+
+        instruction_id, kwargs = instruction
+        return verify("", [instruction_id], [kwargs], response).strict[0]
 
     def parse(self, item: str) -> tuple[object, ...] | None:
         """The item's parameters when it has this type's phrasing, else None."""
@@ -272,7 +255,7 @@ class ConstraintType:
         arguments = self.parse(item)
         if arguments is None:
             raise ValueError(f"item {item!r} does not have the phrasing of {self.name!r}")
-        return self.checker(response, *arguments)
+        return self.verdict(response, *arguments)
 
 
 def _pattern(regex: str) -> re.Pattern[str]:
@@ -289,7 +272,11 @@ _REGISTERED: tuple[ConstraintType, ...] = (
         description="The response has at most N words.",
         example="Keep the whole answer to at most 60 words.",
         pattern=_pattern(r"\b(?:at most|no more than) (\d+) words?\b"),
-        checker=_check_max_words,
+        checker=None,
+        ifeval=lambda n: (
+            "length_constraints:number_words",
+            {"relation": "less than", "num_words": n + 1},
+        ),
         argument_types=(int,),
     ),
     ConstraintType(
@@ -297,7 +284,11 @@ _REGISTERED: tuple[ConstraintType, ...] = (
         description="The response has at least N words.",
         example="Write at least 150 words so I get the full picture.",
         pattern=_pattern(r"\bat least (\d+) words?\b"),
-        checker=_check_min_words,
+        checker=None,
+        ifeval=lambda n: (
+            "length_constraints:number_words",
+            {"relation": "at least", "num_words": n},
+        ),
         argument_types=(int,),
     ),
     ConstraintType(
@@ -305,7 +296,11 @@ _REGISTERED: tuple[ConstraintType, ...] = (
         description="The response has at most N sentences.",
         example="Answer in at most 3 sentences.",
         pattern=_pattern(r"\b(?:at most|no more than) (\d+) sentences?\b"),
-        checker=_check_max_sentences,
+        checker=None,
+        ifeval=lambda n: (
+            "length_constraints:number_sentences",
+            {"relation": "less than", "num_sentences": n + 1},
+        ),
         argument_types=(int,),
     ),
     ConstraintType(
@@ -313,7 +308,8 @@ _REGISTERED: tuple[ConstraintType, ...] = (
         description="The response has exactly N bullet points (markdown list items).",
         example="Use exactly 4 bullet points.",
         pattern=_pattern(r"\bexactly (\d+) bullet points?\b"),
-        checker=_check_exact_bullets,
+        checker=None,
+        ifeval=lambda n: ("detectable_format:number_bullet_lists", {"num_bullets": n}),
         argument_types=(int,),
     ),
     ConstraintType(
@@ -336,7 +332,8 @@ _REGISTERED: tuple[ConstraintType, ...] = (
         description="The response never uses a given word (case-insensitive, whole word).",
         example='Do not use the word "basically".',
         pattern=_pattern(rf"\b(?:{_NEGATION} use|avoid) the word {_QUOTED}"),
-        checker=_check_forbidden_word,
+        checker=None,
+        ifeval=lambda word: ("keywords:forbidden_words", {"forbidden_words": [word]}),
         argument_types=(str,),
     ),
     ConstraintType(
@@ -344,7 +341,8 @@ _REGISTERED: tuple[ConstraintType, ...] = (
         description="The response uses a given word or phrase at least once.",
         example='Include the word "example" somewhere in your answer.',
         pattern=_pattern(rf"\binclude the (?:word|phrase) {_QUOTED}"),
-        checker=_check_required_word,
+        checker=None,
+        ifeval=lambda word: ("keywords:existence", {"keywords": [word]}),
         argument_types=(str,),
     ),
     ConstraintType(
@@ -367,7 +365,8 @@ _REGISTERED: tuple[ConstraintType, ...] = (
         description="The response ends with a given phrase (case-insensitive).",
         example='End your response with the exact phrase "Good luck!"',
         pattern=_pattern(rf"\bend {_RESPONSE} with the (?:exact )?phrase {_QUOTED}"),
-        checker=_check_ends_with_phrase,
+        checker=None,
+        ifeval=lambda phrase: ("startend:end_checker", {"end_phrase": phrase}),
         argument_types=(str,),
     ),
     ConstraintType(
@@ -375,14 +374,16 @@ _REGISTERED: tuple[ConstraintType, ...] = (
         description="The response contains no uppercase letters.",
         example="Write everything in lowercase letters.",
         pattern=_pattern(r"\b(?:write|type|keep)\b[^.;]*\bin (?:all )?lowercase\b"),
-        checker=_check_all_lowercase,
+        checker=None,
+        ifeval=lambda: ("change_case:english_lowercase", {}),
     ),
     ConstraintType(
         name="no_commas",
         description="The response contains no commas.",
         example="Do not use any commas in your answer.",
         pattern=_pattern(rf"\b{_NEGATION} use (?:any )?commas\b"),
-        checker=_check_no_commas,
+        checker=None,
+        ifeval=lambda: ("punctuation:no_comma", {}),
     ),
     ConstraintType(
         name="title_heading",
@@ -396,7 +397,8 @@ _REGISTERED: tuple[ConstraintType, ...] = (
         description='The response ends with a postscript: a later line starting with "P.S."',
         example='Add a postscript starting with "P.S." at the very end.',
         pattern=_pattern(r"\bpostscript\b[^.;]*\"?P\.S\."),
-        checker=_check_postscript,
+        checker=None,
+        ifeval=lambda: ("detectable_content:postscript", {"postscript_marker": "P.S."}),
     ),
     ConstraintType(
         name="no_digits",
@@ -409,6 +411,14 @@ _REGISTERED: tuple[ConstraintType, ...] = (
 
 CONSTRAINT_TYPES: dict[str, ConstraintType] = {entry.name: entry for entry in _REGISTERED}
 """Registry of verifiable item types by name, in matching order (first match wins)."""
+
+PROJECT_ONLY_TYPES: frozenset[str] = frozenset(
+    entry.name for entry in _REGISTERED if entry.ifeval is None
+)
+"""Types IFEval has no instruction for, checked by the project's own checkers: no bullets
+(IFEval only counts bullets), exact paragraphs separated by blank lines (IFEval's separate
+paragraphs with ``***``), a given first word, ending with a question, a title as a markdown
+heading (IFEval's titles are ``<<...>>``) and numbers written in words."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,7 +467,7 @@ def check_constraint(item: str, response: str) -> bool:
             "Judge it with a rubric instead, or check is_verifiable(item) first."
         )
     entry, arguments = parsed
-    return entry.checker(response, *arguments)
+    return entry.verdict(response, *arguments)
 
 
 def constraint_adherence(items: Iterable[str] | None, response: str) -> dict[str, bool]:

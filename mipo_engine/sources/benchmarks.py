@@ -2,8 +2,9 @@
 
 Seed 004 (sec. 5.4, App. C.1) evaluates MIPO on GSM8K and SVAMP with an 8-shot
 chain-of-thought prompt and on MMLU, ARC-Easy and ARC-Challenge zero-shot. The files are the
-original distributions kept in the shared data folder (``shared_data_dir()``); each folder's
-README documents the quirks handled here:
+original distributions: a file given with ``--data``, a local mirror (``$MIPO_SHARED_DATA``,
+``shared_data_dir()``) or the Hub copy written in the same layout (``sources.hub``); the
+shared data folder's READMEs document the quirks handled here:
 
 - JSONL is split on ``"\\n"`` only (``str.splitlines`` would also split on U+2028 inside a
   question);
@@ -59,10 +60,12 @@ class BenchmarkFormatError(InputError, ValueError):
 
 
 def shared_data_dir() -> Path:
-    """Folder holding the shared benchmark files.
+    """Folder holding a local copy of the benchmark files in their original layouts.
 
     ``$MIPO_SHARED_DATA`` when set; otherwise ``<repo root>/../shared/data``, where the repo
-    root is the folder that contains the ``mipo_engine`` package (a source checkout).
+    root is the folder that contains the ``mipo_engine`` package (a source checkout). Only
+    ``$MIPO_SHARED_DATA`` makes it the default evaluation data (``Benchmark.default_path``);
+    the test suite sets it to this folder when present.
     """
     override = os.environ.get(SHARED_DATA_ENV)
     if override:
@@ -531,8 +534,19 @@ class Benchmark:
     loader: Callable[[Path], list[Row]]
 
     def default_path(self) -> Path:
-        """Absolute path of the default evaluation data."""
-        return shared_data_dir() / self.relative_path
+        """The default evaluation data: the Hub copy, or a local mirror named by the env.
+
+        With ``$MIPO_SHARED_DATA`` set, its copy of the original files (the folder layout of
+        ``relative_path``; how the tests run offline); otherwise the canonical Hub dataset at
+        a pinned revision, written once in the original layout under the cache
+        (``mipo_engine.sources.hub``). Offline with neither, ``HubUnavailableError`` names
+        the file to pass with ``--data``.
+        """
+        if os.environ.get(SHARED_DATA_ENV):
+            return shared_data_dir() / self.relative_path
+        from mipo_engine.sources.hub import fetch_hub_benchmark
+
+        return fetch_hub_benchmark(self.name)
 
     def load(self, path: str | Path | None = None) -> list[Row]:
         """Rows from ``path``, or from the default evaluation data when None."""

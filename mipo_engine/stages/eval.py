@@ -8,6 +8,8 @@ Seed 004 sec. 5.4 and App. C.1/C.3 fix the protocol (see ``mipo_engine.evaluatio
 3. grade each response: extracted answer (math, mcq), answer-letter entropy (mcq), context
    adherence and conditional PMI under the base model (personalization);
 4. optionally judge personalization responses against a reference eval's responses;
+   IFEval responses are checked by the reference verifiers (``evaluation.ifeval``), and
+   with ``--responses`` a file of existing responses is scored instead of steps 2-3;
 5. write the per-item artifact, a summary JSON beside it (``E.summary.json``), and print a
    table.
 """
@@ -33,6 +35,7 @@ from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig
 from mipo_engine.chat import build_messages, user_turn
 from mipo_engine.errors import ConfigError
 from mipo_engine.evaluation.copying import copy_overlap
+from mipo_engine.evaluation.ifeval import kwargs_json, verify
 from mipo_engine.evaluation.personalization import adherence_counts, conditional_logps
 from mipo_engine.evaluation.raw import (
     backend_tokenizer,
@@ -45,6 +48,7 @@ from mipo_engine.evaluation.results import EVAL, summarize, summary_path
 from mipo_engine.evaluation.stats import answer_entropy, letter_probabilities
 from mipo_engine.evaluation.tasks import (
     EVAL_TASKS,
+    HUB_DATA,
     EvalTask,
     answer_prefix,
     data_source,
@@ -56,6 +60,7 @@ from mipo_engine.evaluation.tasks import (
     load_items,
 )
 from mipo_engine.sources.benchmarks import EVAL_STOP_SEQUENCES, choice_labels, eval_prompt
+from mipo_engine.sources.ifeval import read_responses
 from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
 
 console = Console(stderr=True)
@@ -69,14 +74,16 @@ class EvalConfig(StageConfig):
     """Settings of ``mipo eval``; ``None`` numbers take the task's default."""
 
     task: str
-    """One of ``EVAL_TASKS``: gsm8k, svamp, mmlu, arc_easy, arc_challenge, personalization."""
+    """One of ``EVAL_TASKS``: gsm8k, svamp, mmlu, arc_easy, arc_challenge, personalization,
+    ifeval."""
     out: Path
     model: str | None = None
     """Model name, path or hub id; None is the default catalogue model (``mipo models``)."""
     adapter: Path | None = None
     """A LoRA adapter folder (``mipo train --lora``) applied on top of ``model``."""
     data: str | None = None
-    """Benchmark file, prompts ``.parquet`` or ``builtin:<set>``; None: the task's default."""
+    """Benchmark file, prompts ``.parquet``, ``builtin:<set>`` or ``hub``; None: the task's
+    default (the pinned Hub copy for benchmarks, the bundled prompts for IFEval)."""
     limit: int | None = Field(None, ge=1)
     """Evaluate a fixed random subset of this many items (seed ``seed``)."""
     backend: BackendName = "hf"
@@ -99,6 +106,8 @@ class EvalConfig(StageConfig):
     judge_base_url: str | None = None
     rubrics: Path | None = None
     """Rubrics artifact (``mipo rubrics``); rubric mode builds one with the judge if absent."""
+    responses: Path | None = None
+    """IFEval only: score these existing responses (JSONL or Parquet) instead of a model."""
 
     @field_validator("task")
     @classmethod
@@ -113,6 +122,10 @@ class EvalConfig(StageConfig):
             raise ValueError("samples > 1 applies to the personalization task only")
         if self.reference is not None and kind != "personalization":
             raise ValueError("--reference (judging) applies to the personalization task only")
+        if self.responses is not None and kind != "ifeval":
+            raise ValueError("--responses (scoring given responses) applies to ifeval only")
+        if self.responses is not None and self.adapter is not None:
+            raise ValueError("--responses scores given responses; --adapter has no use with it")
         return self
 
     @property
@@ -126,7 +139,7 @@ class EvalConfig(StageConfig):
             max_new_tokens=self.max_new_tokens or task.max_new_tokens,
             temperature=task.temperature if self.temperature is None else self.temperature,
             top_p=self.top_p,
-            stop=EVAL_STOP_SEQUENCES if task.kind != "personalization" else (),
+            stop=EVAL_STOP_SEQUENCES if task.kind in ("math", "mcq") else (),
         )
 
     def response_identity(self) -> dict[str, object]:
@@ -145,6 +158,7 @@ class EvalConfig(StageConfig):
                 "temperature",
                 "top_p",
                 "samples",
+                "responses",
             },
         )
 
@@ -303,6 +317,54 @@ def _evaluate_personalization(
     return rows
 
 
+def _ifeval_grades(item: dict[str, Any], response: str) -> dict[str, Any]:
+    """The ifeval columns of a row: instructions, kwargs and the verifiers' verdicts."""
+    verdict = verify(item["prompt"], item["instruction_ids"], item["kwargs"], response)
+    return {
+        "instruction_ids": list(verdict.instruction_ids),
+        "instruction_kwargs": kwargs_json(item["kwargs"]),
+        "strict_followed": list(verdict.strict),
+        "loose_followed": list(verdict.loose),
+        "correct": verdict.prompt_strict,
+    }
+
+
+def _evaluate_ifeval(backend: Backend, units: list[Unit], config: EvalConfig) -> list[dict]:
+    """One chat response per IFEval prompt, checked by the reference verifiers."""
+    messages = [build_messages(unit.item["prompt"]) for unit in units]
+    requests = [
+        GenerationRequest(unit.id, message, unit.seed)
+        for unit, message in zip(units, messages, strict=True)
+    ]
+    completions = backend.generate(requests, config.sampling())
+    rows = []
+    for unit, message, completion in zip(units, messages, completions, strict=True):
+        row = _base_row(unit, config, backend.render(message), completion)
+        row.update(_ifeval_grades(unit.item, completion.text))
+        rows.append(row)
+    return rows
+
+
+def _scored_rows(pairs: list[tuple[dict[str, Any], str]], config: EvalConfig) -> pl.DataFrame:
+    """Rows of the ``eval`` artifact for given (item, response) pairs; no model involved."""
+    rows = []
+    for item, response in pairs:
+        row = dict.fromkeys(EVAL.names)
+        row.update(
+            id=item["id"],
+            item_id=item["id"],
+            sample=0,
+            task=config.task,
+            prompt=item["prompt"],
+            input=item["prompt"],
+            response=response,
+            seed=config.seed,
+        )
+        row.update(_ifeval_grades(item, response))
+        rows.append(row)
+    return pl.DataFrame(rows, schema=EVAL.polars_schema())
+
+
 # --------------------------------------------------------------------------------------------
 # Backends
 
@@ -336,9 +398,10 @@ def _open_backends(
                 config.backend, config.model, **_backend_options(config, with_adapter=True)
             )
             owned.append(policy)
-        if config.eval_task.kind != "personalization":
+        kind = config.eval_task.kind
+        if kind in ("math", "mcq"):
             check_raw_support(policy)
-        elif base is None:
+        elif kind == "personalization" and base is None:
             if config.adapter is None:
                 base = policy
             else:
@@ -362,6 +425,8 @@ def _evaluate_chunk(backends: _Backends, units: list[Unit], config: EvalConfig) 
         return _evaluate_math(backends.policy, units, config)
     if kind == "mcq":
         return _evaluate_mcq(backends.policy, units, config)
+    if kind == "ifeval":
+        return _evaluate_ifeval(backends.policy, units, config)
     assert backends.base is not None  # set by _open_backends for personalization
     return _evaluate_personalization(backends.policy, backends.base, units, config)
 
@@ -372,14 +437,17 @@ def _evaluate_chunk(backends: _Backends, units: list[Unit], config: EvalConfig) 
 
 def _check_paths(config: EvalConfig) -> Path:
     """The output path, after checking the inputs exist and none would be overwritten."""
-    data_file = (
-        Path(config.data) if config.data and not config.data.startswith("builtin:") else None
+    local = config.data and config.data != HUB_DATA and not config.data.startswith("builtin:")
+    data_file = Path(config.data) if local else None
+    output = check_output_path(
+        config.out, data_file, config.reference, config.rubrics, config.responses
     )
-    output = check_output_path(config.out, data_file, config.reference, config.rubrics)
     if data_file is not None and not data_file.exists():
         raise ConfigError(f"data file {data_file} does not exist", key="data")
     if config.adapter is not None and not config.adapter.is_dir():
         raise ConfigError(f"adapter folder {config.adapter} does not exist", key="adapter")
+    if config.responses is not None and not config.responses.is_file():
+        raise ConfigError(f"responses file {config.responses} does not exist", key="responses")
     if config.rubrics is not None and not config.rubrics.is_file():
         raise ConfigError(f"rubrics file {config.rubrics} does not exist", key="rubrics")
     if config.reference is not None and not is_complete(config.reference):
@@ -452,6 +520,24 @@ def _judge(frame: pl.DataFrame, output: Path, config: EvalConfig) -> pl.DataFram
     )
 
 
+def _score_responses(config: EvalConfig, run: StageRun, items: list[dict[str, Any]]) -> Path:
+    """``--responses``: verify existing responses; everything is checked before writing."""
+    assert config.responses is not None
+    started = time.perf_counter()
+    frame = _scored_rows(read_responses(config.responses, items), config)
+    summary = summarize(frame, config.eval_task.kind)
+    summary.update(
+        model=None,
+        responses_file=str(config.responses),
+        responses_this_run=frame.height,
+        seconds_this_run=round(time.perf_counter() - started, 3),
+    )
+    write_json_atomic(summary_path(run.output), summary)
+    return run.write(
+        frame, EVAL, model="responses", backend="none", seed=config.seed, stats=summary
+    )
+
+
 def run_eval(
     config: EvalConfig, *, backend: Backend | None = None, base_backend: Backend | None = None
 ) -> Path:
@@ -469,11 +555,14 @@ def run_eval(
         "adapter": config.adapter,
         "reference": config.reference,
         "rubrics": config.rubrics,
+        "responses": config.responses,
     }
     run = StageRun("eval", output, config.identity(), inputs)
     if run.up_to_date():
         console.print(f"{output} is up to date; nothing to do.")
         return output
+    if config.responses is not None:
+        return _score_responses(config, run, items)
     # Responses depend on the items and the model, not on how they are judged afterwards.
     response_inputs = [entry for entry in run.input_info if entry["role"] in ("data", "adapter")]
     journal = RowJournal(output, fingerprint(config.response_identity(), response_inputs))
