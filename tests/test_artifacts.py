@@ -114,3 +114,23 @@ def test_redaction_of_keys_and_values():
     assert looks_like_secret("token hf_abcdefghijklmnopqrstuvwxyz0") and not looks_like_secret(
         "hello"
     )
+
+
+def test_columns_added_later_read_as_null_from_older_files(tmp_path):
+    """An eval file written before the copy and IFEval columns existed still loads."""
+    import polars as pl
+
+    from mipo_engine.artifacts.schemas import Column, validate_frame
+    from mipo_engine.errors import InputError
+    from mipo_engine.evaluation.results import EVAL
+
+    later = [c.name for c in EVAL.columns if c.added_later]
+    assert {"copy_overlap", "instruction_ids", "strict_followed"} <= set(later)
+    older = EVAL.empty().drop(later)
+    frame = validate_frame(older, EVAL)
+    assert frame.columns[: len(EVAL.names)] == EVAL.names
+    # Any other missing column is still an error that names it.
+    with pytest.raises(InputError, match="response"):
+        validate_frame(older.drop("response"), EVAL)
+    with pytest.raises(ValueError, match="must be nullable"):
+        Column("x", pl.Int64(), nullable=False, added_later=True)

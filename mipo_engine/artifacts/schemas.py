@@ -23,6 +23,13 @@ class Column:
     dtype: pl.DataType
     nullable: bool = False
     doc: str = ""
+    # A column added to the schema after artifacts of it were already written: files that
+    # lack it are read with the column all null (it must then be nullable).
+    added_later: bool = False
+
+    def __post_init__(self) -> None:
+        if self.added_later and not self.nullable:
+            raise ValueError(f"column {self.name!r}: a column added later must be nullable")
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,9 @@ def validate_frame(
     column, a value of the wrong type, a null in a required column, an empty key or a
     duplicated key.
     """
+    backfill = [c for c in schema.columns if c.added_later and c.name not in frame.columns]
+    if backfill:
+        frame = frame.with_columns(pl.lit(None, dtype=c.dtype).alias(c.name) for c in backfill)
     missing = [name for name in schema.names if name not in frame.columns]
     if missing:
         raise InputError(
