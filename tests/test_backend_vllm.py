@@ -343,8 +343,8 @@ class TestServer:
 @pytest.mark.slow
 @needs_vllm
 class TestAdapterEngine:
-    """One engine with a LoRA adapter serves the adapted model and, through
-    ``without_adapter``, the base model (what ``mipo eval`` scores PMI with)."""
+    """An engine with a LoRA adapter: seeded generation at volume, and (on GPU) the base model
+    through ``without_adapter`` (what ``mipo eval`` scores PMI with)."""
 
     @pytest.fixture(scope="class")
     def backend(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMBackend]:
@@ -372,7 +372,13 @@ class TestAdapterEngine:
     def test_base_view_scores_the_model_without_its_adapter(
         self, backend: VLLMBackend, hf_scores: list[ScoreResult]
     ) -> None:
+        from mipo_engine.backends.vllm import running_on_cpu
+
         view = backend.without_adapter()
+        if running_on_cpu():
+            # vLLM 0.32's CPU LoRA logits path fails on prompt log-probs: no shared view.
+            assert view is None
+            return
         assert view is not None and view.lora_request is None
         rendered = [backend.render(build_messages(p)) for p in PROMPTS]
         base_scores = view.score(rendered, RESPONSES)

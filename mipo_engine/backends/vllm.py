@@ -150,8 +150,12 @@ class VLLMBackend(Backend):
 
     def without_adapter(self) -> VLLMBackend | None:
         """One engine serves the adapter and the base model: requests of the view carry no
-        LoRA request. The view shares the engine and never shuts it down."""
-        if self.lora_request is None:
+        LoRA request. The view shares the engine and never shuts it down.
+
+        Not on CPU: there vLLM 0.32's LoRA logits path fails on prompt log-probs (the
+        scoring request) with an einsum shape error, so the base model gets its own engine.
+        """
+        if self.lora_request is None or running_on_cpu():
             return None
         view = copy.copy(self)
         view.lora_request = None
