@@ -1,0 +1,145 @@
+"""Per-item comparison of lm-eval 0.4.13 and mipo eval on the same items."""
+
+import glob
+import json
+import sys
+
+import polars as pl
+
+from mipo_engine.evaluation.tasks import grade_math
+
+
+def samples(folder, task):
+    (path,) = glob.glob(f"{folder}/**/samples_{task}_*.jsonl", recursive=True)
+    return [json.loads(line) for line in open(path)]
+
+
+def ifeval(lm_folder, scored, generated):
+    lm = samples(lm_folder, "ifeval_local")
+    lm_by_prompt = {s["doc"]["prompt"]: s for s in lm}
+    ours = pl.read_parquet(scored)
+    gen = pl.read_parquet(generated)
+    rows = {r["prompt"]: r for r in ours.iter_rows(named=True)}
+    gens = {r["prompt"]: r for r in gen.iter_rows(named=True)}
+    agree = {k: 0 for k in ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose")}
+    dis = []
+    same_text = 0
+    for prompt, s in lm_by_prompt.items():
+        r = rows[prompt]
+        lm_inst_s, lm_inst_l = s["inst_level_strict_acc"], s["inst_level_loose_acc"]
+        agree["prompt_strict"] += bool(s["prompt_level_strict_acc"]) == all(r["strict_followed"])
+        agree["prompt_loose"] += bool(s["prompt_level_loose_acc"]) == all(r["loose_followed"])
+        agree["inst_strict"] += lm_inst_s == r["strict_followed"]
+        agree["inst_loose"] += lm_inst_l == r["loose_followed"]
+        if lm_inst_s != r["strict_followed"] or lm_inst_l != r["loose_followed"]:
+            dis.append(
+                (
+                    r["item_id"],
+                    r["instruction_ids"],
+                    lm_inst_s,
+                    r["strict_followed"],
+                    lm_inst_l,
+                    r["loose_followed"],
+                )
+            )
+        lm_text = (
+            s["filtered_resps"][0]
+            if isinstance(s["filtered_resps"][0], str)
+            else s["filtered_resps"][0][0]
+        )
+        same_text += lm_text.strip() == gens[prompt]["response"].strip()
+    n = len(lm)
+
+    def acc(key):
+        return (
+            sum(float(s[key]) for s in lm) / n
+            if "prompt" in key
+            else (sum(sum(s[key]) for s in lm) / sum(len(s[key]) for s in lm))
+        )
+
+    print("IFEval items", n)
+    print(
+        "lm-eval:",
+        {
+            k: round(acc(k), 4)
+            for k in (
+                "prompt_level_strict_acc",
+                "prompt_level_loose_acc",
+                "inst_level_strict_acc",
+                "inst_level_loose_acc",
+            )
+        },
+    )
+    for name, frame in (("mipo --responses (lm-eval's responses)", ours), ("mipo generated", gen)):
+        flat_s = [f for fl in frame["strict_followed"] for f in fl]
+        flat_l = [f for fl in frame["loose_followed"] for f in fl]
+        print(
+            name,
+            {
+                "prompt_strict": round(frame["strict_followed"].list.all().mean(), 4),
+                "prompt_loose": round(frame["loose_followed"].list.all().mean(), 4),
+                "inst_strict": round(sum(flat_s) / len(flat_s), 4),
+                "inst_loose": round(sum(flat_l) / len(flat_l), 4),
+            },
+        )
+    print("verdict agreement on the same responses (items):", agree)
+    print("identical responses (lm-eval vs mipo generation):", same_text, "of", n)
+    for d in dis:
+        print("  disagreement:", d)
+
+
+def gsm8k(lm_folder, generated):
+    lm = samples(lm_folder, "gsm8k_local")
+    gen = pl.read_parquet(generated)
+    n = len(lm)
+    strict = [s["exact_match"] if "exact_match" in s else None for s in lm]
+    by_filter = {}
+    for s in lm:
+        by_filter.setdefault(s["filter"], []).append(s)
+    results = {}
+    for name, items in by_filter.items():
+        results[name] = sum(s["exact_match"] for s in items) / len(items)
+    print("GSM8K items", len(by_filter[next(iter(by_filter))]))
+    print("lm-eval exact_match by filter:", results)
+    strict_items = sorted(by_filter["strict-match"], key=lambda s: s["doc_id"])
+    flex_items = sorted(by_filter["flexible-extract"], key=lambda s: s["doc_id"])
+    ours_on_lm = []
+    for s in strict_items:
+        response = s["resps"][0][0]
+        gold = s["doc"]["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+        ours_on_lm.append(grade_math(response, gold)[1])
+    print("mipo grader on lm-eval responses:", sum(ours_on_lm) / len(ours_on_lm))
+    for name, items in (("strict-match", strict_items), ("flexible-extract", flex_items)):
+        agree = sum(bool(s["exact_match"]) == o for s, o in zip(items, ours_on_lm))
+        print(f"  agreement with lm-eval {name}: {agree} of {len(items)}")
+        for s, o in zip(items, ours_on_lm):
+            if bool(s["exact_match"]) != o:
+                print(
+                    "   ",
+                    name,
+                    s["doc_id"],
+                    "lm:",
+                    s["filtered_resps"],
+                    "mipo:",
+                    grade_math(s["resps"][0][0], "0")[0],
+                    "gold:",
+                    s["target"][-12:].strip(),
+                    "|",
+                    repr(s["resps"][0][0][-120:]),
+                )
+    gen_correct = gen["correct"].to_list()
+    print("mipo generated (8-shot CoT) accuracy:", sum(gen_correct) / len(gen_correct))
+    both = sum(a == bool(s["exact_match"]) for a, s in zip(gen_correct, flex_items))
+    print(
+        "  per-item agreement mipo-generated vs lm-eval flexible:",
+        both,
+        "of",
+        n // 2 if False else len(flex_items),
+    )
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "ifeval":
+        ifeval(*sys.argv[2:])
+    else:
+        gsm8k(*sys.argv[2:])
