@@ -7,7 +7,8 @@ from mipo_engine.evaluation.tasks import grade_math
 from mipo_engine.sources.benchmarks import load_gsm8k
 
 (path,) = glob.glob("out_gsm8k_local/**/samples_gsm8k_local_*.jsonl", recursive=True)
-samples = [json.loads(line) for line in open(path)]
+with open(path) as handle:
+    samples = [json.loads(line) for line in handle]
 gold = {i: row["answer"] for i, row in enumerate(load_gsm8k("data/gsm8k_test20.jsonl"))}
 by_filter = {}
 for s in samples:

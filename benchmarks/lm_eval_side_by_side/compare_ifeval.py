@@ -6,8 +6,6 @@ import sys
 
 import polars as pl
 
-from mipo_engine.evaluation.tasks import grade_math
-
 
 def samples(folder, task):
     (path,) = glob.glob(f"{folder}/**/samples_{task}_*.jsonl", recursive=True)
@@ -88,58 +86,6 @@ def ifeval(lm_folder, scored, generated):
         print("  disagreement:", d)
 
 
-def gsm8k(lm_folder, generated):
-    lm = samples(lm_folder, "gsm8k_local")
-    gen = pl.read_parquet(generated)
-    n = len(lm)
-    strict = [s["exact_match"] if "exact_match" in s else None for s in lm]
-    by_filter = {}
-    for s in lm:
-        by_filter.setdefault(s["filter"], []).append(s)
-    results = {}
-    for name, items in by_filter.items():
-        results[name] = sum(s["exact_match"] for s in items) / len(items)
-    print("GSM8K items", len(by_filter[next(iter(by_filter))]))
-    print("lm-eval exact_match by filter:", results)
-    strict_items = sorted(by_filter["strict-match"], key=lambda s: s["doc_id"])
-    flex_items = sorted(by_filter["flexible-extract"], key=lambda s: s["doc_id"])
-    ours_on_lm = []
-    for s in strict_items:
-        response = s["resps"][0][0]
-        gold = s["doc"]["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-        ours_on_lm.append(grade_math(response, gold)[1])
-    print("mipo grader on lm-eval responses:", sum(ours_on_lm) / len(ours_on_lm))
-    for name, items in (("strict-match", strict_items), ("flexible-extract", flex_items)):
-        agree = sum(bool(s["exact_match"]) == o for s, o in zip(items, ours_on_lm))
-        print(f"  agreement with lm-eval {name}: {agree} of {len(items)}")
-        for s, o in zip(items, ours_on_lm):
-            if bool(s["exact_match"]) != o:
-                print(
-                    "   ",
-                    name,
-                    s["doc_id"],
-                    "lm:",
-                    s["filtered_resps"],
-                    "mipo:",
-                    grade_math(s["resps"][0][0], "0")[0],
-                    "gold:",
-                    s["target"][-12:].strip(),
-                    "|",
-                    repr(s["resps"][0][0][-120:]),
-                )
-    gen_correct = gen["correct"].to_list()
-    print("mipo generated (8-shot CoT) accuracy:", sum(gen_correct) / len(gen_correct))
-    both = sum(a == bool(s["exact_match"]) for a, s in zip(gen_correct, flex_items))
-    print(
-        "  per-item agreement mipo-generated vs lm-eval flexible:",
-        both,
-        "of",
-        n // 2 if False else len(flex_items),
-    )
-
-
 if __name__ == "__main__":
-    if sys.argv[1] == "ifeval":
-        ifeval(*sys.argv[2:])
-    else:
-        gsm8k(*sys.argv[2:])
+    # compare_ifeval.py LM_EVAL_OUTPUT_FOLDER MIPO_SCORED.parquet MIPO_GENERATED.parquet
+    ifeval(*sys.argv[1:])
