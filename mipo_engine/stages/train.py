@@ -698,6 +698,52 @@ def run_train(config: TrainConfig, *, callbacks: list[Any] | None = None) -> Pat
     return final
 
 
+def _base_manifest(
+    config: TrainConfig,
+    trainer: Any,
+    result: Any,
+    *,
+    inputs: list[dict[str, Any]],
+    run_fingerprint: str,
+    model_path: str,
+    started_at: str,
+    seconds: float,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The manifest fields every train run writes, and the logged metric records."""
+    from mipo_engine import __version__
+    from mipo_engine.training.metrics import read_metrics
+
+    output_dir = config.output_dir
+    records = read_metrics(output_dir / METRICS_FILE)
+    runtime = dict(result.metrics).get("train_runtime") or seconds
+    manifest = {
+        "stage": "train",
+        "package_version": __version__,
+        "config": redact(config.model_dump(mode="json")),
+        "fingerprint": run_fingerprint,
+        "inputs": inputs,
+        "model": config.model or "default",
+        "model_path": model_path,
+        "learning_rate": config.resolved_learning_rate(),
+        "lora": {"r": config.lora_r, "alpha": config.lora_alpha or 2 * config.lora_r}
+        if config.lora_r
+        else None,
+        "stats": {
+            "global_step": trainer.state.global_step,
+            "train_runtime_s": runtime,
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "last_logged": records[-1] if records else None,
+        },
+        "outputs": {
+            "final": str(output_dir / FINAL_DIR),
+            "metrics": str(output_dir / METRICS_FILE),
+        },
+        "started_at": started_at,
+        "finished_at": now_iso(),
+    }
+    return manifest, records
+
+
 def _finish(
     config: TrainConfig,
     settings: LossSettings,
@@ -713,54 +759,36 @@ def _finish(
     seconds: float,
 ) -> None:
     """Plot the curves and write the manifest (last: it marks the run complete)."""
-    from mipo_engine import __version__
-    from mipo_engine.training.metrics import read_metrics
     from mipo_engine.training.plots import plot_training_curves
 
     output_dir = config.output_dir
-    records = read_metrics(output_dir / METRICS_FILE)
+    manifest, records = _base_manifest(
+        config,
+        trainer,
+        result,
+        inputs=inputs,
+        run_fingerprint=run_fingerprint,
+        model_path=model_path,
+        started_at=started_at,
+        seconds=seconds,
+    )
     if records:
         plot_training_curves(
             output_dir / METRICS_FILE,
             output_dir / PLOT_FILE,
             title=f"mipo train --loss {settings.loss}",
         )
-    metrics = dict(result.metrics)
+    runtime = manifest["stats"]["train_runtime_s"]
     tokens = trainer.state.num_input_tokens_seen
-    runtime = metrics.get("train_runtime") or seconds
-    manifest = {
-        "stage": "train",
-        "package_version": __version__,
-        "config": redact(config.model_dump(mode="json")),
-        "fingerprint": run_fingerprint,
-        "inputs": inputs,
-        "model": config.model or "default",
-        "model_path": model_path,
-        "loss": settings.describe(),
-        "learning_rate": config.resolved_learning_rate(),
-        "lora": {"r": config.lora_r, "alpha": config.lora_alpha or 2 * config.lora_r}
-        if config.lora_r
-        else None,
-        "reference_scores": str(reference_path or config.scores)
-        if settings.needs_reference
-        else None,
-        "pairs": num_pairs,
-        "stats": {
-            "global_step": trainer.state.global_step,
-            "train_runtime_s": runtime,
-            "input_tokens_seen": tokens,
-            "tokens_per_second": round(tokens / runtime, 2) if runtime else None,
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-            "last_logged": records[-1] if records else None,
-        },
-        "outputs": {
-            "final": str(output_dir / FINAL_DIR),
-            "metrics": str(output_dir / METRICS_FILE),
-            "plot": str(output_dir / PLOT_FILE) if records else None,
-        },
-        "started_at": started_at,
-        "finished_at": now_iso(),
-    }
+    manifest["loss"] = settings.describe()
+    manifest["reference_scores"] = (
+        str(reference_path or config.scores) if settings.needs_reference else None
+    )
+    manifest["pairs"] = num_pairs
+    manifest["stats"]["input_tokens_seen"] = tokens
+    manifest["stats"]["tokens_per_second"] = round(tokens / runtime, 2) if runtime else None
+    manifest["outputs"]["plot"] = str(output_dir / PLOT_FILE) if records else None
+    manifest["finished_at"] = now_iso()  # after the plot, as the run's last step
     write_json_atomic(output_dir / MANIFEST_FILE, manifest)
 
 
@@ -989,41 +1017,19 @@ def _finish_online(
     seconds: float,
 ) -> None:
     """The manifest of an online run (last: it marks the run complete)."""
-    from mipo_engine import __version__
-    from mipo_engine.training.metrics import read_metrics
-
-    output_dir = config.output_dir
-    records = read_metrics(output_dir / METRICS_FILE)
-    metrics = dict(result.metrics)
-    runtime = metrics.get("train_runtime") or seconds
-    manifest = {
-        "stage": "train",
-        "package_version": __version__,
-        "config": redact(config.model_dump(mode="json")),
-        "fingerprint": run_fingerprint,
-        "inputs": inputs,
-        "model": config.model or "default",
-        "model_path": model_path,
-        "method": config.method,
-        "reward": config.reward,
-        "judge": config.judge_base_url or config.judge_model,
-        "learning_rate": config.resolved_learning_rate(),
-        "lora": {"r": config.lora_r, "alpha": config.lora_alpha or 2 * config.lora_r}
-        if config.lora_r
-        else None,
-        "prompts": num_prompts,
-        "stats": {
-            "global_step": trainer.state.global_step,
-            "train_runtime_s": runtime,
-            "judge_unparsed_this_run": unparsed,
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-            "last_logged": records[-1] if records else None,
-        },
-        "outputs": {
-            "final": str(output_dir / FINAL_DIR),
-            "metrics": str(output_dir / METRICS_FILE),
-        },
-        "started_at": started_at,
-        "finished_at": now_iso(),
-    }
-    write_json_atomic(output_dir / MANIFEST_FILE, manifest)
+    manifest, _ = _base_manifest(
+        config,
+        trainer,
+        result,
+        inputs=inputs,
+        run_fingerprint=run_fingerprint,
+        model_path=model_path,
+        started_at=started_at,
+        seconds=seconds,
+    )
+    manifest["method"] = config.method
+    manifest["reward"] = config.reward
+    manifest["judge"] = config.judge_base_url or config.judge_model
+    manifest["prompts"] = num_prompts
+    manifest["stats"]["judge_unparsed_this_run"] = unparsed
+    write_json_atomic(config.output_dir / MANIFEST_FILE, manifest)
