@@ -139,7 +139,7 @@ def test_response_score_sums_only_response_positions() -> None:
     """ids [2, 5, 7, 9] with the response starting at index 2: the score is
     logp(7 at 2) + logp(9 at 3) = -0.25 + -1.5 = -1.75; position 1 (prompt) is left out."""
     from mipo_engine.backends.vllm import response_score
-    from mipo_engine.tokenization import EncodedPair
+    from mipo_engine.modeling.tokenization import EncodedPair
 
     prompt_logprobs = [None, {5: Logprob(-3.0)}, {7: Logprob(-0.25)}, {9: Logprob(-1.5)}]
     result = response_score(prompt_logprobs, EncodedPair([2, 5, 7, 9], response_start=2))

@@ -28,9 +28,9 @@ from mipo_engine.chat import (
     render_chat,
 )
 from mipo_engine.errors import BackendError
+from mipo_engine.modeling.logps import attention_window, sequence_logps, shared_prompt_logps
+from mipo_engine.modeling.tokenization import encode_pair, encode_prompt
 from mipo_engine.models import resolve_model
-from mipo_engine.tokenization import encode_pair, encode_prompt
-from mipo_engine.training.logps import attention_window, sequence_logps, shared_prompt_logps
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -36,7 +36,7 @@ from mipo_engine.backends.base import (
 )
 from mipo_engine.chat import DEFAULT_STOP, Message, default_chat_template, render_chat, render_plain
 from mipo_engine.errors import BackendError
-from mipo_engine.tokenization import encode_pair, encode_prompt
+from mipo_engine.modeling.tokenization import encode_pair, encode_prompt
 
 Endpoint = Literal["chat", "completions"]
 ENDPOINTS: tuple[str, ...] = ("chat", "completions")

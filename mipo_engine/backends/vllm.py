@@ -36,8 +36,8 @@ from mipo_engine.chat import (
     render_chat,
 )
 from mipo_engine.errors import BackendError
+from mipo_engine.modeling.tokenization import EncodedPair, encode_pair, encode_prompt
 from mipo_engine.models import resolve_model
-from mipo_engine.tokenization import EncodedPair, encode_pair, encode_prompt
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # On CPU, vLLM's gpu_memory_utilization is a share of *system* memory that must also cover the

@@ -24,7 +24,7 @@ import torch
 
 from mipo_engine.backends.base import Backend, Completion, SamplingConfig
 from mipo_engine.errors import ConfigError
-from mipo_engine.tokenization import encode_prompt
+from mipo_engine.modeling.tokenization import encode_prompt
 
 RAW_BACKENDS = ("hf", "vllm")
 
