@@ -111,6 +111,15 @@ class BackendStats:
     errors: dict[str, int] = field(default_factory=dict)
 
 
+def check_score_inputs(prompts: Sequence[str], responses: Sequence[str]) -> None:
+    """ValueError unless there is one response per prompt."""
+    if len(prompts) != len(responses):
+        raise ValueError(
+            f"score needs one response per prompt, got {len(prompts)} prompts "
+            f"and {len(responses)} responses"
+        )
+
+
 class Backend(ABC):
     """A loaded model that can generate and score text.
 

@@ -33,6 +33,7 @@ from mipo_engine.backends.base import (
     SamplingConfig,
     ScoreResult,
     StructuredOutput,
+    check_score_inputs,
 )
 from mipo_engine.chat import DEFAULT_STOP, Message, default_chat_template, render_chat, render_plain
 from mipo_engine.errors import BackendError
@@ -486,11 +487,7 @@ class OpenAIBackend(Backend):
         does; OpenAI's current models do not). Raises ``BackendError`` naming the rows that
         still fail after retries.
         """
-        if len(prompts) != len(responses):
-            raise ValueError(
-                f"score needs one response per prompt, got {len(prompts)} prompts "
-                f"and {len(responses)} responses"
-            )
+        check_score_inputs(prompts, responses)
         if not prompts:
             return []
         self.served_model()

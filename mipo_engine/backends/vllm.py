@@ -28,6 +28,7 @@ from mipo_engine.backends.base import (
     SamplingConfig,
     ScoreResult,
     StructuredOutput,
+    check_score_inputs,
 )
 from mipo_engine.chat import (
     DEFAULT_STOP,
@@ -275,11 +276,7 @@ class VLLMBackend(Backend):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if len(prompts) != len(responses):
-            raise ValueError(
-                f"score needs one response per prompt, got {len(prompts)} prompts "
-                f"and {len(responses)} responses"
-            )
+        check_score_inputs(prompts, responses)
         if not prompts:
             return []
         pairs = [
