@@ -303,11 +303,11 @@ class _FailAfter:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
-    def _generate_batch(self, *args: Any) -> Any:
+    def complete_raw(self, *args: Any) -> Any:
         if self._left == 0:
             raise KeyboardInterrupt("simulated kill")
         self._left -= 1
-        return self._backend._generate_batch(*args)
+        return self._backend.complete_raw(*args)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(

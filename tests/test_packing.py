@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mipo_engine.tokenization import EncodedPair
+from mipo_engine.modeling.logps import full_logits_sequence_logps
+from mipo_engine.modeling.tokenization import EncodedPair
 from mipo_engine.training.data import PairCollator, PairExample, pack_sequences
-from mipo_engine.training.logps import full_logits_sequence_logps
 from mipo_engine.training.losses import dpo
 from mipo_engine.training.trainer import (
     batch_sequence_logps,

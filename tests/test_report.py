@@ -89,7 +89,7 @@ def reply(text: str, call: int) -> str:
 class PromptAwareScorer(ScriptedBackend):
     """Log-probs that depend on the conditioning, so PMI varies from pair to pair."""
 
-    def score(self, prompts, responses):  # type: ignore[no-untyped-def]
+    def score(self, prompts, responses, *, max_length=None):  # type: ignore[no-untyped-def]
         return [
             ScoreResult(logp=-0.5 * len(r.split()) + 0.01 * len(p), num_tokens=len(r.split()))
             for p, r in zip(prompts, responses, strict=True)

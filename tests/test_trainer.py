@@ -19,9 +19,10 @@ import torch
 
 from mipo_engine.chat import build_messages, render_chat
 from mipo_engine.errors import ConfigError
+from mipo_engine.modeling.logps import full_logits_sequence_logps
+from mipo_engine.modeling.tokenization import EncodedPair
 from mipo_engine.stages.score import ScoreConfig, run_score
 from mipo_engine.stages.train import TrainConfig, run_train
-from mipo_engine.tokenization import EncodedPair
 from mipo_engine.training.data import (
     LengthGroupedSeededSampler,
     PairCollator,
@@ -29,7 +30,6 @@ from mipo_engine.training.data import (
     encode_examples,
     read_pairs,
 )
-from mipo_engine.training.logps import full_logits_sequence_logps
 from mipo_engine.training.priors import sequence_kl
 from mipo_engine.training.trainer import (
     LossSettings,

@@ -41,8 +41,8 @@ from mipo_engine.backends.base import (
     Completion,
     GenerationRequest,
     SamplingConfig,
-    create_backend,
 )
+from mipo_engine.backends.registry import BackendChoice, backend_options, create_backend
 from mipo_engine.chat import Message
 from mipo_engine.errors import MipoError
 from mipo_engine.judging.validation import (
@@ -62,7 +62,7 @@ from mipo_engine.templates import render
 
 console = Console(stderr=True)
 
-BackendName = Literal["hf", "vllm", "openai"]
+BackendName = BackendChoice
 T = TypeVar("T")
 
 CONTEXTS = register_schema(
@@ -141,7 +141,7 @@ def _complete(
 ) -> list[Completion]:
     """Generate, constrained to ``choices`` or ``json_schema`` when the backend supports
     structured output (the vLLM backends' ``generate_structured``); plainly otherwise."""
-    if hasattr(backend, "generate_structured"):
+    if backend.supports_structured:
         if choices is not None:
             return backend.generate_structured(requests, sampling, choices=list(choices))
         if json_schema is not None:
@@ -194,17 +194,6 @@ def ask_with_retries(
                 failed.append(index)
         pending = failed
     return replies
-
-
-def backend_options(
-    backend: str, *, batch_size: int, base_url: str | None, concurrency: int
-) -> dict[str, object]:
-    """Constructor options for ``create_backend`` that apply to the chosen backend."""
-    if backend == "hf":
-        return {"batch_size": batch_size}
-    if backend == "openai":
-        return {"base_url": base_url, "concurrency": concurrency}
-    return {}
 
 
 def progress_bar() -> Progress:

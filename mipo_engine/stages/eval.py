@@ -31,7 +31,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import fingerprint
 from mipo_engine.artifacts.store import is_complete, write_json_atomic
-from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig, create_backend
+from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig
+from mipo_engine.backends.registry import (
+    BackendChoice,
+    LocalBackendChoice,
+    backend_options,
+    create_backend,
+)
 from mipo_engine.chat import build_messages, user_turn
 from mipo_engine.errors import ConfigError
 from mipo_engine.evaluation.copying import copy_overlap
@@ -65,8 +71,8 @@ from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, 
 
 console = Console(stderr=True)
 
-BackendName = Literal["hf", "vllm"]
-JudgeBackendName = Literal["hf", "vllm", "openai"]
+BackendName = LocalBackendChoice
+JudgeBackendName = BackendChoice
 JudgeMode = Literal["rubric", "rlaif", "verify"]
 
 
@@ -249,8 +255,7 @@ def answer_letter_logprobs(
         contexts.append(with_bos(tokenizer, context_ids))
         continuations.append(letter_ids)
         positions.append(index)
-    batch_size = getattr(backend, "batch_size", 8)
-    values = continuation_logprobs(backend, contexts, continuations, batch_size=batch_size)
+    values = continuation_logprobs(backend, contexts, continuations)
     results: list[list[float] | None] = [None] * len(texts)
     for index, logprobs in zip(positions, values, strict=True):
         results[index] = logprobs
@@ -370,12 +375,13 @@ def _scored_rows(pairs: list[tuple[dict[str, Any], str]], config: EvalConfig) ->
 
 
 def _backend_options(config: EvalConfig, *, with_adapter: bool) -> dict[str, object]:
-    options: dict[str, object] = {"show_progress": False}  # the stage shows its own bar
-    if config.backend == "hf":
-        options["batch_size"] = config.batch_size
-    if with_adapter and config.adapter is not None:
-        options["adapter"] = str(config.adapter)
-    return options
+    adapter = str(config.adapter) if with_adapter and config.adapter is not None else None
+    return backend_options(
+        config.backend,
+        batch_size=config.batch_size,
+        adapter=adapter,
+        show_progress=False,  # the stage shows its own bar
+    )
 
 
 @dataclass

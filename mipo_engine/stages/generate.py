@@ -23,8 +23,8 @@ from mipo_engine.backends.base import (
     Completion,
     GenerationRequest,
     SamplingConfig,
-    create_backend,
 )
+from mipo_engine.backends.registry import BackendChoice, backend_options, create_backend
 from mipo_engine.errors import MipoError
 from mipo_engine.models import resolve_model
 from mipo_engine.stages.common import (
@@ -38,7 +38,7 @@ from mipo_engine.strategies import PairPlan, plan_pairs
 console = Console(stderr=True)
 
 Strategy = Literal["missing-context", "random-context", "random-prompt", "prompt"]
-BackendName = Literal["hf", "vllm", "openai"]
+BackendName = BackendChoice
 
 
 class GenerateConfig(StageConfig):
@@ -71,11 +71,12 @@ class GenerationFailed(MipoError):
 
 
 def _backend_options(config: GenerateConfig) -> dict[str, object]:
-    if config.backend == "hf":
-        return {"batch_size": config.batch_size}
-    if config.backend == "openai":
-        return {"base_url": config.base_url, "concurrency": config.concurrency}
-    return {}
+    return backend_options(
+        config.backend,
+        batch_size=config.batch_size,
+        base_url=config.base_url,
+        concurrency=config.concurrency,
+    )
 
 
 def _pair_rows(
@@ -203,13 +204,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
             "chosen": finished["chosen_finish_reason"].value_counts().to_dicts(),
             "rejected": finished["rejected_finish_reason"].value_counts().to_dicts(),
         },
-        "sampling": sampling.__dict__,
+        "sampling": sampling.as_record(),
     }
     if backend is not None:
         stats["backend_stats"] = backend.stats.__dict__
-        dtype = getattr(backend, "generation_dtype", None)  # the hf backend's choice
-        if dtype is not None:
-            stats["generation_dtype"] = str(dtype).removeprefix("torch.")
+        stats.update(backend.resolved_settings())
     path = run.write(
         finished,
         GENERATIONS,

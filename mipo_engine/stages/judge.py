@@ -56,7 +56,8 @@ from mipo_engine.artifacts.schemas import (
     validate_frame,
 )
 from mipo_engine.artifacts.store import read_artifact, write_json_atomic
-from mipo_engine.backends.base import Backend, SamplingConfig, create_backend
+from mipo_engine.backends.base import Backend, SamplingConfig
+from mipo_engine.backends.registry import BackendChoice, backend_options, create_backend
 from mipo_engine.chat import Message
 from mipo_engine.errors import ConfigError, InputError
 from mipo_engine.judging.constraints import check_constraint, constraint_type
@@ -66,7 +67,6 @@ from mipo_engine.stages.contexts import (
     Query,
     RetryPolicy,
     ask_with_retries,
-    backend_options,
     console,
     keep_order,
     progress_bar,
@@ -129,7 +129,7 @@ class JudgeConfig(StageConfig):
     rubrics: Path | None = None
     reference: Path | None = None
     mode: Mode = "rubric"
-    backend: Literal["hf", "vllm", "openai"] = "hf"
+    backend: BackendChoice = "hf"
     model: str | None = None
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="first attempt (0 = greedy)")

@@ -36,8 +36,8 @@ from mipo_engine.backends.base import (
     Backend,
     GenerationRequest,
     SamplingConfig,
-    create_backend,
 )
+from mipo_engine.backends.registry import BackendChoice, backend_options, create_backend
 from mipo_engine.chat import Message
 from mipo_engine.errors import ConfigError, InputError, MipoError
 from mipo_engine.evaluation.tasks import ANSWER_MARKER
@@ -64,7 +64,7 @@ class ReviseConfig(StageConfig):
     mode: Literal["examples", "answer"] = "examples"
     prompts: Path | None = None
     """The prompts artifact the pairs came from (``answer`` mode reads its gold answers)."""
-    backend: Literal["hf", "vllm", "openai"] = "hf"
+    backend: BackendChoice = "hf"
     model: str | None = None
     """The model that revises: the policy that wrote the drafts (default: the default model)."""
     max_new_tokens: int = Field(256, ge=1)
@@ -173,11 +173,13 @@ def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
     )
     owns_backend = backend is None and bool(todo)
     if owns_backend:
-        options: dict[str, object] = {}
-        if config.backend == "hf":
-            options = {"batch_size": config.batch_size, "show_progress": False}
-        elif config.backend == "openai":
-            options = {"base_url": config.base_url, "concurrency": config.concurrency}
+        options = backend_options(
+            config.backend,
+            batch_size=config.batch_size,
+            base_url=config.base_url,
+            concurrency=config.concurrency,
+            show_progress=False,
+        )
         backend = create_backend(config.backend, config.model, **options)
     failures: list[str] = []
     started, new_tokens = time.perf_counter(), 0
@@ -249,7 +251,7 @@ def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
             "mode": config.mode,
             "new_tokens_this_run": new_tokens,
             "seconds_this_run": round(elapsed, 3),
-            "sampling": sampling.__dict__,
+            "sampling": sampling.as_record(),
         },
     )
     journal.finish()

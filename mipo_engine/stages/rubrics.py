@@ -20,14 +20,15 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 from pydantic import Field
 
 from mipo_engine.artifacts.schemas import PROMPTS, ArtifactSchema, Column, register_schema
 from mipo_engine.artifacts.store import read_artifact
-from mipo_engine.backends.base import Backend, SamplingConfig, create_backend
+from mipo_engine.backends.base import Backend, SamplingConfig
+from mipo_engine.backends.registry import BackendChoice, backend_options, create_backend
 from mipo_engine.chat import Message
 from mipo_engine.errors import InputError, MipoError
 from mipo_engine.judging.constraints import constraint_type
@@ -39,7 +40,6 @@ from mipo_engine.stages.contexts import (
     Query,
     RetryPolicy,
     ask_with_retries,
-    backend_options,
     console,
     keep_order,
     progress_bar,
@@ -78,7 +78,7 @@ class RubricsConfig(StageConfig):
     contexts: Path
     """A contexts artifact (``item`` column) or a prompts artifact (``context_items``)."""
     out: Path
-    backend: Literal["hf", "vllm", "openai"] = "hf"
+    backend: BackendChoice = "hf"
     model: str | None = None
     max_new_tokens: int = Field(384, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="first attempt (0 = greedy)")

@@ -22,7 +22,6 @@ the first unfinished chunk and ends with exactly the rows of an uninterrupted ru
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from mipo_engine.artifacts.schemas import SCORES
-from mipo_engine.backends.base import Backend, create_backend
+from mipo_engine.backends.base import Backend
+from mipo_engine.backends.registry import LocalBackendChoice, backend_options, create_backend
 from mipo_engine.chat import Message, build_messages
 from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
 from mipo_engine.training.data import read_pairs
@@ -53,7 +53,7 @@ class ScoreConfig(StageConfig):
     out: Path
     model: str | None = None
     """The reference model; None: the default catalogue model (``mipo models``)."""
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: LocalBackendChoice = "hf"
     batch_size: int = Field(8, ge=1, description="sequences per forward batch (hf)")
     max_length: int = Field(1024, ge=8, description="tokens per prompt + response")
     pmi: bool = True
@@ -83,18 +83,16 @@ def alternative_prompt(row: dict[str, Any], render: Callable[[list[Message]], st
 
 
 def _backend_options(config: ScoreConfig) -> dict[str, object]:
-    if config.backend == "hf":
-        return {"batch_size": config.batch_size, "adapter": config.adapter, "dtype": config.dtype}
-    return {}
+    return backend_options(
+        config.backend, batch_size=config.batch_size, adapter=config.adapter, dtype=config.dtype
+    )
 
 
 def _score(
     backend: Backend, prompts: list[str], responses: list[str], max_length: int
 ) -> list[Any]:
-    """``backend.score`` with the shared truncation rule when the backend supports it."""
-    if "max_length" in inspect.signature(backend.score).parameters:
-        return backend.score(prompts, responses, max_length=max_length)  # type: ignore[call-arg]
-    return backend.score(prompts, responses)
+    """``backend.score`` with the shared truncation rule."""
+    return backend.score(prompts, responses, max_length=max_length)
 
 
 def score_rows(

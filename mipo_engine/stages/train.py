@@ -874,7 +874,7 @@ def read_online_prompts(config: TrainConfig) -> pl.DataFrame:
 
 def _online_backends(config: TrainConfig, *, cuda: bool) -> tuple[Any, Any]:
     """(frozen reference backend or None, judge backend or None) for the reward."""
-    from mipo_engine.backends.base import create_backend
+    from mipo_engine.backends.registry import create_backend
     from mipo_engine.training.rewards import REWARDS
 
     spec = REWARDS[config.reward or ""]

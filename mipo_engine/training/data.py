@@ -38,7 +38,7 @@ from mipo_engine.artifacts.schemas import (
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.chat import Message
 from mipo_engine.errors import ConfigError, InputError
-from mipo_engine.tokenization import EncodedPair, encode_pair
+from mipo_engine.modeling.tokenization import EncodedPair, encode_pair
 
 PAIR_COLUMNS = (
     "id",

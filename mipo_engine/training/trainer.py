@@ -38,12 +38,12 @@ from transformers import Trainer
 
 from mipo_engine.artifacts.schemas import SCORES
 from mipo_engine.errors import ConfigError, MipoError
+from mipo_engine.modeling.logps import _causal_lm_parts, summed_token_logps
 from mipo_engine.training.data import (
     LengthGroupedSeededSampler,
     PairCollator,
     PairDataset,
 )
-from mipo_engine.training.logps import _causal_lm_parts, summed_token_logps
 from mipo_engine.training.losses import (
     LOSSES,
     dpo_pg_gradients,
