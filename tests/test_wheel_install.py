@@ -98,6 +98,7 @@ def test_the_wheel_carries_the_package_data(tmp_path):
     assert "cli.py" in names
 
 
+@pytest.mark.slow  # builds a wheel and a virtual environment: 10-35 s on 2 busy cores
 def test_the_installed_wheel_runs_without_the_source_tree(installed):
     bin_dir, env, work = installed
     python = str(bin_dir / "python")
