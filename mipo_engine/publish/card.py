@@ -16,7 +16,6 @@ import json
 import re
 import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ import polars as pl
 import yaml
 
 from mipo_engine import __version__
+from mipo_engine.artifacts.lineage import Step, find_step, locate_input, manifest_chain
 from mipo_engine.artifacts.manifest import REDACTED
-from mipo_engine.artifacts.store import is_complete, read_manifest
 from mipo_engine.publish.hub import HubFolder
 from mipo_engine.templates import render
 
@@ -86,64 +85,6 @@ def size_category(rows: int) -> str:
         if rows < bound:
             return label
     return "n>1T"
-
-
-# --------------------------------------------------------------------------------------------
-# The manifests chain
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Step:
-    """One artifact in the chain: where it is and the manifest that made it."""
-
-    path: Path
-    manifest: dict[str, Any]
-
-    @property
-    def stage(self) -> str:
-        return str(self.manifest.get("stage", "unknown"))
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return dict(self.manifest.get("config") or {})
-
-
-def _locate(recorded: str, referrer: Path) -> Path | None:
-    """An input path as recorded (relative to where that stage ran) or beside the referrer."""
-    for candidate in (Path(recorded), referrer.parent / Path(recorded).name):
-        if is_complete(candidate):
-            return candidate
-    return None
-
-
-def manifest_chain(path: Path) -> list[Step]:
-    """The artifact at ``path`` and every artifact upstream of it, inputs first.
-
-    Inputs without a manifest (a user's JSONL file, a missing artifact) end the walk there.
-    """
-    ordered: list[Step] = []
-    seen: set[Path] = set()
-
-    def visit(current: Path) -> None:
-        key = current.resolve()
-        if key in seen:
-            return
-        seen.add(key)
-        manifest = read_manifest(current)
-        for entry in manifest.get("inputs", []):
-            upstream = _locate(str(entry.get("path", "")), current)
-            if upstream is not None:
-                visit(upstream)
-        ordered.append(Step(current, manifest))
-
-    visit(path)
-    return ordered
-
-
-def find_step(chain: list[Step], stage: str) -> Step | None:
-    """The last step of ``chain`` made by ``stage`` (the one closest to the output)."""
-    return next((step for step in reversed(chain) if step.stage == stage), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +186,7 @@ def reproduce_commands(preferences: Path, *, repo_id: str | None = None) -> list
         display[str(step.path)] = step.path.name
         for entry in step.manifest.get("inputs", []):
             recorded = str(entry.get("path", ""))
-            if _locate(recorded, step.path) is not None:
+            if locate_input(recorded, step.path.parent) is not None:
                 display[recorded] = Path(recorded).name
     commands = [stage_command(step, display) for step in chain]
     if repo_id is not None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import polars as pl
 
+from mipo_engine.artifacts.lineage import names_file, recorded_places
 from mipo_engine.artifacts.manifest import redact
 from mipo_engine.artifacts.schemas import GENERATIONS, SCORES, ArtifactSchema
 from mipo_engine.artifacts.store import read_artifact
@@ -322,36 +323,6 @@ def state_of_round(state: list[dict[str, Any]], round_folder: str | None) -> lis
     return entries
 
 
-def _same_file(recorded: Any, candidate: Path | None, root: Path) -> bool:
-    """A path recorded in a manifest or state entry names ``candidate``.
-
-    Recorded paths may be relative (to the run folder, or to where ``mipo run`` was started)
-    or absolute on another machine, so an equal file name (with an equal parent folder
-    name, when there is one) also counts.
-    """
-    if not recorded or candidate is None:
-        return False
-    recorded = Path(str(recorded))
-    if any(place == candidate.resolve() for place in _places(recorded, root)):
-        return True
-    if recorded.name != candidate.name:
-        return False
-    parent = recorded.parent.name
-    return not parent or parent == candidate.parent.name or candidate.parent == root
-
-
-def _places(recorded: Path, root: Path) -> list[Path]:
-    """Where a recorded path may point: as given (absolute or from the current folder), and
-    relative to the run folder."""
-    places = []
-    for place in (recorded, root / recorded):
-        try:
-            places.append(place.resolve())
-        except OSError:
-            continue
-    return places
-
-
 def _output_of(artifact: Artifact) -> Path:
     """The path a stage was told to write: the Parquet file, or the training folder."""
     if artifact.data_file is not None:
@@ -365,7 +336,7 @@ def _rows_in(artifact: Artifact, artifacts: list[Artifact], root: Path) -> int |
     """Rows of the stage's first input that is an artifact of this run."""
     for entry in artifact.manifest.get("inputs") or []:
         for other in artifacts:
-            if other is not artifact and _same_file(entry.get("path"), other.data_file, root):
+            if other is not artifact and names_file(entry.get("path"), other.data_file, root):
                 return other.rows
     return None
 
@@ -416,7 +387,7 @@ def build_stage_rows(
             (
                 a
                 for a in artifacts
-                if id(a) not in placed and _same_file(recorded, _output_of(a), root)
+                if id(a) not in placed and names_file(recorded, _output_of(a), root)
             ),
             None,
         )
@@ -434,7 +405,7 @@ def build_stage_rows(
             # mipo run marks a stage running before calling it and done after: a record
             # still running without a complete output was killed or failed part-way.
             partial = next(
-                (u for u in leftovers if _same_file(recorded, root / u.output, root)), None
+                (u for u in leftovers if names_file(recorded, root / u.output, root)), None
             )
             if partial is not None:
                 leftovers.remove(partial)
@@ -458,7 +429,7 @@ def _display_path(recorded: Any, root: Path) -> str:
     if not recorded:
         return ""
     path = Path(str(recorded))
-    for place in _places(path, root):
+    for place in recorded_places(path, root):
         if place.exists() and place.is_relative_to(root.resolve()):
             return str(place.relative_to(root.resolve()))
     return path.name if path.parent.name == root.resolve().name else str(path)
