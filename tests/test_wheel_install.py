@@ -96,6 +96,7 @@ def test_the_wheel_carries_the_package_data(tmp_path):
         for path in tracked:
             assert f"mipo_engine/_resources/{path}" in names, path
     assert "cli.py" in names
+    assert "mipo_engine/report/templates/report.html.j2" in names
 
 
 @pytest.mark.slow  # builds a wheel and a virtual environment: 10-35 s on 2 busy cores

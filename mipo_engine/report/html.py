@@ -1,8 +1,11 @@
 """Render a run's report as one self-contained HTML page (inline CSS, PNGs as data URIs).
 
-The page is written by hand with the standard library: every piece of run, user or model text
-passes through ``_t`` (``redact`` then ``html.escape``), so a prompt holding ``<script>`` shows
-as text and a token-shaped string never reaches the page. The page has no JavaScript.
+The page's markup is the Jinja2 template ``templates/report.html.j2``; this module turns a
+``RunData`` into the values it shows. Autoescape is on, and every value the template prints
+that is not already ``Markup`` goes through ``_t`` (``redact`` then ``html.escape``), so a
+prompt holding ``<script>`` shows as text and a token-shaped string never reaches the page.
+``Markup`` is made only here, from pieces that went through ``_t`` or are numbers, and for
+the style sheet and the figures' base64 data. The page has no JavaScript.
 
 Layout, top to bottom: a header (run, model, strategy, loss), a glance row of key numbers,
 then per round: pipeline, filters, training, evaluation, judging, diversity and PMI, sample
@@ -16,7 +19,12 @@ import html
 import math
 import statistics
 from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
+
+import jinja2
+from markupsafe import Markup
 
 from mipo_engine.artifacts.manifest import redact
 from mipo_engine.report.collect import (
@@ -44,6 +52,9 @@ SECTION_TITLES = {
 CSS_FILE = "report.css"
 """The page's style sheet in ``prompts/``, inlined into every page."""
 
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATE_FILE = "report.html.j2"
+
 
 # --------------------------------------------------------------------------------------------
 # Text and number formatting
@@ -55,21 +66,29 @@ def _t(value: Any) -> str:
     return html.escape(redact("" if value is None else str(value)), quote=True)
 
 
+def _finalize(value: Any) -> Any:
+    """What the template prints for ``{{ value }}``: Markup as it is, anything else as
+    ``_t`` makes it (the same escaping as the rest of the page, secrets redacted)."""
+    if isinstance(value, Markup):
+        return value
+    return Markup(_t(value))
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def fmt_number(value: Any, digits: int = 3) -> str:
+def fmt_number(value: Any, digits: int = 3) -> Markup:
     """Integers with thousands separators, floats with ``digits`` decimals; "—" if missing."""
     if isinstance(value, bool) or value is None:
-        return "—"
+        return Markup("—")
     if isinstance(value, int):
-        return f"{value:,}"
+        return Markup(f"{value:,}")
     if isinstance(value, float):
         if not math.isfinite(value):
-            return str(value)
-        return f"{value:,.{digits}f}"
-    return _t(value)
+            return Markup(str(value))
+        return Markup(f"{value:,.{digits}f}")
+    return Markup(_t(value))
 
 
 def fmt_seconds(seconds: float | None) -> str:
@@ -98,91 +117,93 @@ def fmt_interval(value: Any, *, percent: bool, signed: bool = False) -> str:
     return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
 
 
-def interval_cell(value: Any, *, percent: bool, signed: bool = False) -> str:
+def interval_cell(value: Any, *, percent: bool, signed: bool = False) -> Markup:
     """A table cell: the mean, and the interval in small print below it (narrow columns).
 
     Signed values (differences) are coloured when the interval excludes 0.
     """
     text = fmt_interval(value, percent=percent, signed=signed)
     if text == "—":
-        return text
+        return Markup(text)
     mean, interval = text.split(" ", 1)
     if signed:
         css = "up" if value["low"] > 0 else "down" if value["high"] < 0 else ""
         mean = f'<span class="{css}">{mean}</span>' if css else mean
-    return f'{mean}<span class="ci">{interval}</span>'
+    return Markup(f'{mean}<span class="ci">{interval}</span>')
 
 
-# --------------------------------------------------------------------------------------------
-# Building blocks
-# --------------------------------------------------------------------------------------------
+def _percent(value: Any) -> str:
+    return f"{100 * value:.1f}" if _finite(value) else "—"
+
+
+def _general(value: Any) -> str:
+    """A number in its shortest form (1e-05, 0.01); "—" if missing."""
+    return f"{value:g}" if _finite(value) else "—"
+
+
+def _logp(value: Any) -> str:
+    return f"{value:.2f}" if _finite(value) else "—"
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _lookup(summary: dict[str, Any], dotted: str) -> Any:
+    value: Any = summary
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _tag(tag: str, text: Any) -> Markup:
+    """``<tag>text</tag>`` with the text escaped (``<code>``, ``<b>``)."""
+    return Markup(f"<{tag}>{_t(text)}</{tag}>")
 
 
 def _table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()
-) -> str:
-    """A table from already-escaped cells; ``numeric`` column indices are right-aligned."""
-
-    def cell(tag: str, index: int, content: str) -> str:
-        css = ' class="num"' if index in numeric else ""
-        return f"<{tag}{css}>{content}</{tag}>"
-
-    head = "".join(cell("th", i, _t(name)) for i, name in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(cell("td", i, content) for i, content in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return (
-        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table></div>"
-    )
+    header: Sequence[Any], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = ()
+) -> dict[str, Any]:
+    """A table for the template: cells are text (escaped there) or Markup; ``numeric``
+    column indices are right-aligned."""
+    return {"header": list(header), "rows": [list(row) for row in rows], "numeric": set(numeric)}
 
 
-def _figure(figure: Figure | None) -> str:
+def _figure(figure: Figure | None) -> dict[str, Any] | None:
     if figure is None:
-        return ""
-    data = base64.b64encode(figure.png).decode("ascii")
-    css = "" if figure.wide else ' class="half"'
-    return (
-        f'<figure{css}><img src="data:image/png;base64,{data}" alt="{_t(figure.title)}">'
-        f"<figcaption><b>{_t(figure.title)}.</b> {_t(figure.caption)} "
-        f'<a href="{_t(figure.name)}">{_t(figure.name)}</a></figcaption></figure>'
-    )
-
-
-def _absent(text: str) -> str:
-    return f'<p class="absent">{_t(text)}</p>'
-
-
-def _section(key: str, body: str, *, anchor: str, level: int) -> str:
-    title = SECTION_TITLES[key]
-    return (
-        f'<section class="card" id="{_t(anchor)}"><h{level}>{_t(title)}</h{level}>{body}</section>'
-    )
+        return None
+    return {
+        # base64 is not text: redacting it could match a token pattern and break the image.
+        "data": Markup(base64.b64encode(figure.png).decode("ascii")),
+        "wide": figure.wide,
+        "title": figure.title,
+        "caption": figure.caption,
+        "name": figure.name,
+    }
 
 
 # --------------------------------------------------------------------------------------------
-# Sections
+# Sections: the values each section of the template shows
 # --------------------------------------------------------------------------------------------
 
 
-def _status(row: StageRow) -> str:
-    return f'<span class="badge {_t(row.status)}">{_t(row.status)}</span>'
+def _status(row: StageRow) -> Markup:
+    return Markup(f'<span class="badge {_t(row.status)}">{_t(row.status)}</span>')
 
 
-def pipeline_body(run: RunData) -> str:
+def pipeline_section(run: RunData) -> dict[str, Any]:
     if not run.stages:
-        return _absent("No stage outputs found in this folder.")
+        return {"table": None}
     rows = [
         [
-            _t(row.name),
-            _t(row.stage),
-            f"<code>{_t(row.output)}</code>",
+            row.name,
+            row.stage,
+            _tag("code", row.output),
             fmt_number(row.rows_in),
             fmt_number(row.rows_out),
             fmt_seconds(row.seconds),
             _status(row),
-            _t(row.note),
+            row.note,
         ]
         for row in run.stages
     ]
@@ -191,46 +212,48 @@ def pipeline_body(run: RunData) -> str:
         rows,
         numeric=(3, 4, 5),
     )
-    note = ""
-    if run.absent:
-        note = f'<p class="small muted">Not in this run: {_t("; ".join(run.absent))}.</p>'
-    return table + note
+    return {"table": table, "absent": "; ".join(run.absent)}
 
 
-def filters_body(run: RunData) -> str:
+def filters_section(run: RunData) -> dict[str, Any] | None:
     stats = run.export
     if not stats:
-        return _absent("No export manifest: filter counts appear after mipo export.")
+        return None
     remaining = stats.get("input_pairs")
-    rows = [["input pairs", "", "", fmt_number(remaining), ""]]
+    rows: list[list[Any]] = [["input pairs", "", "", fmt_number(remaining), ""]]
     for entry in stats.get("filters") or []:
         removed = entry.get("removed")
         if isinstance(remaining, int) and isinstance(removed, int):
             remaining -= removed
         rows.append(
             [
-                _t(entry.get("filter")),
-                _t(entry.get("setting")),
+                entry.get("filter"),
+                entry.get("setting"),
                 fmt_number(removed),
                 fmt_number(remaining),
-                _t(entry.get("description")),
+                entry.get("description"),
             ]
         )
-    rows.append(["<b>exported</b>", "", "", f"<b>{fmt_number(stats.get('output_pairs'))}</b>", ""])
-    body = _table(["filter", "setting", "removed", "remaining", "what it removes"], rows, (2, 3))
-    splits = stats.get("splits") or {}
-    if splits:
-        split_rows = [
-            [_t(name), fmt_number(info.get("pairs")), fmt_number(info.get("prompts"))]
-            for name, info in splits.items()
-            if isinstance(info, dict)
-        ]
-        body += "<h3>Splits</h3>" + _table(["split", "pairs", "prompts"], split_rows, (1, 2))
-    details = [f"format <code>{_t(stats.get('format'))}</code>"]
-    details.append(
-        "with reference log-probs" if stats.get("reference_logps") else "no reference log-probs"
+    rows.append(
+        [_tag("b", "exported"), "", "", _tag("b", fmt_number(stats.get("output_pairs"))), ""]
     )
-    return body + f'<p class="small muted">{"; ".join(details)}.</p>'
+    splits = stats.get("splits") or {}
+    split_rows = [
+        [name, fmt_number(info.get("pairs")), fmt_number(info.get("prompts"))]
+        for name, info in splits.items()
+        if isinstance(info, dict)
+    ]
+    details = [
+        Markup(f"format <code>{_t(stats.get('format'))}</code>"),
+        "with reference log-probs" if stats.get("reference_logps") else "no reference log-probs",
+    ]
+    return {
+        "table": _table(
+            ["filter", "setting", "removed", "remaining", "what it removes"], rows, (2, 3)
+        ),
+        "splits": _table(["split", "pairs", "prompts"], split_rows, (1, 2)) if splits else None,
+        "details": Markup("; ").join(details),
+    }
 
 
 def displacement_verdict(training: TrainingData) -> tuple[str, str] | None:
@@ -277,20 +300,24 @@ _TRAINING_ROWS = (
 )
 
 
-def training_body(run: RunData, figures: dict[str, Figure]) -> str:
+def training_section(run: RunData, figures: dict[str, Figure]) -> dict[str, Any] | None:
     training = run.training
     if training is None:
-        return _absent("No training folder (metrics.jsonl or train_manifest.json).")
-    parts = []
-    if not training.records:
-        parts.append(_absent("The training folder has no logged steps yet."))
-    else:
-        verdict = displacement_verdict(training)
-        if verdict is not None:
-            parts.append(f'<div class="callout {verdict[0]}">{_t(verdict[1])}</div>')
+        return None
+    section: dict[str, Any] = {
+        "table": None,
+        "verdict": None,
+        "folder": training.folder,
+        "facts": _training_facts(training),
+        "figures": [
+            _figure(figures.get(k)) for k in ("logps", "rewards", "online_rewards", "loss")
+        ],
+    }
+    if training.records:
+        section["verdict"] = displacement_verdict(training)
         first, last = training.records[0], training.records[-1]
         rows = [
-            [_t(label), fmt_number(first.get(key)), fmt_number(last.get(key))]
+            [label, fmt_number(first.get(key)), fmt_number(last.get(key))]
             for key, label in _TRAINING_ROWS
             if key in first or key in last
         ]
@@ -299,20 +326,15 @@ def training_body(run: RunData, figures: dict[str, Figure]) -> str:
             f"first logged (step {int(first.get('step', 0))})",
             f"last logged (step {int(last.get('step', 0))})",
         ]
-        parts.append(_table(header, rows, (1, 2)))
-    parts.append(_training_facts(training))
-    keys = ("logps", "rewards", "online_rewards", "loss")
-    shown = "".join(_figure(figures.get(key)) for key in keys)
-    return "".join(parts) + f'<div class="figs">{shown}</div>'
+        section["table"] = _table(header, rows, (1, 2))
+    return section
 
 
-def _training_facts(training: TrainingData) -> str:
+def _training_facts(training: TrainingData) -> Markup | None:
+    """One line about the training run from its manifest; None before the manifest exists."""
     manifest = training.manifest
     if manifest is None:
-        return (
-            f'<p class="small muted">Folder <code>{_t(training.folder)}</code>: no train '
-            "manifest yet (running, stopped, or killed; rerun mipo train to resume).</p>"
-        )
+        return None
     stats = manifest.get("stats") or {}
     loss = manifest.get("loss") or {}
     if manifest.get("method") not in (None, "offline"):
@@ -340,19 +362,22 @@ def _training_facts(training: TrainingData) -> str:
     lora = manifest.get("lora")
     if isinstance(lora, dict):
         facts.append(f"LoRA r={_t(lora.get('r'))}, alpha={_t(lora.get('alpha'))}")
-    return f'<p class="small muted">{"; ".join(facts)}.</p>'
+    return Markup("; ".join(facts))
 
 
-def _metric_columns(kind: str) -> list[tuple[str, Callable[[EvalRow, int, EvalGroup], str], bool]]:
+Column = tuple[str, Callable[[EvalRow, int, EvalGroup], Any], bool]
+
+
+def _metric_columns(kind: str) -> list[Column]:
     """(header, cell function, numeric) per column of an eval table of a task kind."""
 
-    def interval_of(key: str, percent: bool) -> Callable[[EvalRow, int, EvalGroup], str]:
+    def interval_of(key: str, percent: bool) -> Callable[[EvalRow, int, EvalGroup], Any]:
         return lambda row, _, __: interval_cell(_lookup(row.summary, key), percent=percent)
 
-    def delta_of(key: str, percent: bool) -> Callable[[EvalRow, int, EvalGroup], str]:
+    def delta_of(key: str, percent: bool) -> Callable[[EvalRow, int, EvalGroup], Any]:
         return lambda row, position, group: _delta(row, position, group, key, percent)
 
-    common: list[tuple[str, Callable[[EvalRow, int, EvalGroup], str], bool]] = [
+    common: list[Column] = [
         (
             "mean tokens",
             lambda row, _, __: fmt_number(row.summary.get("mean_response_tokens"), 1),
@@ -389,17 +414,6 @@ def _metric_columns(kind: str) -> list[tuple[str, Callable[[EvalRow, int, EvalGr
     return common
 
 
-def _lookup(summary: dict[str, Any], dotted: str) -> Any:
-    value: Any = summary
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
-def _percent(value: Any) -> str:
-    return f"{100 * value:.1f}" if _finite(value) else "—"
-
-
 def _entropy(row: EvalRow, which: str) -> str:
     stats = _lookup(row.summary, f"entropy.{which}")
     if not isinstance(stats, dict) or not _finite(stats.get("mean")):
@@ -407,7 +421,7 @@ def _entropy(row: EvalRow, which: str) -> str:
     return f"{stats['mean']:.3f} (n={int(stats.get('n', 0))})"
 
 
-def _delta(row: EvalRow, position: int, group: EvalGroup, key: str, percent: bool) -> str:
+def _delta(row: EvalRow, position: int, group: EvalGroup, key: str, percent: bool) -> Any:
     """Paired difference to the baseline when computed, else the difference of the means."""
     if position == 0:
         return "baseline"
@@ -418,31 +432,26 @@ def _delta(row: EvalRow, position: int, group: EvalGroup, key: str, percent: boo
         return "—"
     scale, digits = (100.0, 1) if percent else (1.0, 3)
     difference = (ours["mean"] - base["mean"]) * scale
-    return f'{difference:+.{digits}f}<span class="ci">unpaired</span>'
+    return Markup(f'{difference:+.{digits}f}<span class="ci">unpaired</span>')
 
 
-def _eval_table(group: EvalGroup) -> str:
+def _eval_table(group: EvalGroup) -> dict[str, Any]:
     columns = _metric_columns(group.kind)
     header = ["eval", "model", "items", *(name for name, _, _ in columns)]
     rows = []
     for position, row in enumerate(group.rows):
         model = row.model + (f" + {row.adapter}" if row.adapter else "")
-        cells = [f"<b>{_t(row.label)}</b>", _t(model), fmt_number(row.summary.get("items"))]
+        cells = [_tag("b", row.label), model, fmt_number(row.summary.get("items"))]
         rows.append(cells + [function(row, position, group) for _, function, _ in columns])
     numeric = [2] + [3 + i for i, (_, _, is_number) in enumerate(columns) if is_number]
     return _table(header, rows, numeric)
 
 
-def evaluation_body(run: RunData, figures: dict[str, Figure]) -> str:
+def evaluation_section(run: RunData, figures: dict[str, Figure]) -> dict[str, Any] | None:
     if not run.evals:
-        return _absent("No eval outputs (mipo eval) in this run.")
-    parts = []
+        return None
+    groups = []
     for group in run.evals:
-        parts.append(
-            f"<h3>{_t(group.task)} "
-            f"<span class='muted small'>({_t(group.kind or 'task')})</span></h3>"
-        )
-        parts.append(_eval_table(group))
         how = (
             "Δ: mean per-item difference to the baseline with a percentile-bootstrap 95% "
             "interval (paired on shared items)."
@@ -450,17 +459,19 @@ def evaluation_body(run: RunData, figures: dict[str, Figure]) -> str:
             else "Δ: difference of the means (the per-item files were not available for a "
             "paired comparison)."
         )
-        if len(group.rows) > 1:
-            parts.append(
-                f'<p class="small muted">{_t(how)} Green / red: the interval excludes 0.</p>'
-            )
-        if headline_metric(group) is None:
-            parts.append(_absent("This task has no headline metric with an interval."))
-    parts.append(_figure(figures.get("eval")))
-    return "".join(parts)
+        groups.append(
+            {
+                "task": group.task,
+                "kind": group.kind or "task",
+                "table": _eval_table(group),
+                "how": how if len(group.rows) > 1 else None,
+                "no_headline": headline_metric(group) is None,
+            }
+        )
+    return {"groups": groups, "figure": _figure(figures.get("eval"))}
 
 
-def judging_body(run: RunData) -> str:
+def judging_section(run: RunData) -> dict[str, Any]:
     rows = []
     for label, stats in run.judging:
         critic = stats.get("critic_accuracy") or {}
@@ -469,8 +480,8 @@ def judging_body(run: RunData) -> str:
         means = stats.get("mean_score") or {}
         rows.append(
             [
-                f"<code>{_t(label)}</code>",
-                _t(stats.get("mode")),
+                _tag("code", label),
+                stats.get("mode"),
                 fmt_number(stats.get("responses")),
                 fmt_number(means.get("chosen"), 2),
                 fmt_number(means.get("rejected"), 2),
@@ -493,36 +504,23 @@ def judging_body(run: RunData) -> str:
         "adherence %",
         "null scores",
     ]
-    return _table(header, rows, tuple(range(2, 10))) + (
-        '<p class="small muted">Critic accuracy: how often the judge scores the chosen response '
-        "above the rejected one (strict) or at least as high (ties ok), seed 004 Table 6.</p>"
-    )
+    return {"table": _table(header, rows, tuple(range(2, 10)))}
 
 
-def diversity_body(run: RunData, figures: dict[str, Figure]) -> str:
-    parts = []
-    if run.pairs is None:
-        parts.append(
-            _absent("No generations: pair diversity and PMI need mipo generate (and mipo score).")
-        )
-    else:
-        parts.append(f"<h3>Generated pairs ({fmt_number(run.pairs.pairs)})</h3>")
-        parts.append(_pair_diversity_table(run.pairs))
-        parts.append(_pmi_summary(run.pairs.pmi, run.pairs.ref_margin))
-    parts.append(_eval_diversity_table(run))
-    parts.append(
-        '<p class="small muted">Self-BLEU-4 scores each response against the others of its '
-        "set (Texygen; seed 004 Tables 3-4); distinct-2 is the share of unique word bigrams.</p>"
-    )
-    shown = "".join(_figure(figures.get(key)) for key in ("pmi", "lengths"))
-    return "".join(parts) + f'<div class="figs">{shown}</div>'
+def diversity_section(run: RunData, figures: dict[str, Figure]) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "pairs": None,
+        "eval_table": _eval_diversity_table(run),
+        "figures": [_figure(figures.get(key)) for key in ("pmi", "lengths")],
+    }
+    if run.pairs is not None:
+        section["pairs"] = fmt_number(run.pairs.pairs)
+        section["pair_table"] = _pair_diversity_table(run.pairs)
+        section["pmi"] = _pmi_summary(run.pairs.pmi, run.pairs.ref_margin)
+    return section
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return statistics.fmean(values) if values else None
-
-
-def _pair_diversity_table(pairs: PairStats) -> str:
+def _pair_diversity_table(pairs: PairStats) -> dict[str, Any]:
     """Diversity, length and finish reasons of the chosen and the rejected responses."""
     rows = [
         ["self-BLEU-4 (lower = more diverse)", pairs.self_bleu, 3],
@@ -533,21 +531,21 @@ def _pair_diversity_table(pairs: PairStats) -> str:
             1,
         ],
     ]
-    cells = [
-        [_t(name), fmt_number(values["chosen"], digits), fmt_number(values["rejected"], digits)]
+    cells: list[list[Any]] = [
+        [name, fmt_number(values["chosen"], digits), fmt_number(values["rejected"], digits)]
         for name, values, digits in rows
     ]
-    reasons = [_t(_reasons(pairs.finish_reasons.get(side, {}))) for side in ("chosen", "rejected")]
+    reasons = [_reasons(pairs.finish_reasons.get(side, {})) for side in ("chosen", "rejected")]
     cells.append(["finish reasons", *reasons])
     return _table(["", "chosen", "rejected"], cells, (1, 2))
 
 
-def _eval_diversity_table(run: RunData) -> str:
+def _eval_diversity_table(run: RunData) -> dict[str, Any] | None:
     """Self-BLEU and PMI of the personalization eval outputs (before and after training)."""
     rows = [
         [
-            _t(group.task),
-            _t(row.label),
+            group.task,
+            row.label,
             fmt_number(_lookup(row.summary, "self_bleu_4.across_prompts")),
             fmt_number(_lookup(row.summary, "self_bleu_4.within_prompt")),
             interval_cell(row.summary.get("pmi"), percent=False),
@@ -557,7 +555,7 @@ def _eval_diversity_table(run: RunData) -> str:
         if group.kind == "personalization"
     ]
     if not rows:
-        return ""
+        return None
     header = [
         "task",
         "eval",
@@ -565,16 +563,17 @@ def _eval_diversity_table(run: RunData) -> str:
         "self-BLEU-4 within prompt",
         "PMI [95% CI]",
     ]
-    return "<h3>Evaluated models</h3>" + _table(header, rows, (2, 3, 4))
+    return _table(header, rows, (2, 3, 4))
 
 
 def _reasons(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {count}" for name, count in counts.items()) or "—"
 
 
-def _pmi_summary(pmi: list[float], margins: list[float]) -> str:
+def _pmi_summary(pmi: list[float], margins: list[float]) -> str | None:
+    """One sentence on PMI and the reference's preference; None without reference scores."""
     if not pmi and not margins:
-        return _absent("No reference scores: PMI needs mipo score.")
+        return None
     facts = []
     if pmi:
         positive = sum(v > 0 for v in pmi) / len(pmi)
@@ -586,70 +585,49 @@ def _pmi_summary(pmi: list[float], margins: list[float]) -> str:
     if margins:
         ahead = sum(v > 0 for v in margins) / len(margins)
         facts.append(f"reference prefers chosen in {100 * ahead:.0f}% of pairs")
-    return f"<p>{_t('; '.join(facts))}.</p>"
+    return "; ".join(facts)
 
 
-def _general(value: Any) -> str:
-    """A number in its shortest form (1e-05, 0.01); "—" if missing."""
-    return f"{value:g}" if _finite(value) else "—"
+def samples_section(run: RunData) -> list[dict[str, Any]]:
+    return [_pair(sample) for sample in run.samples]
 
 
-def _logp(value: Any) -> str:
-    return f"{value:.2f}" if _finite(value) else "—"
-
-
-def samples_body(run: RunData) -> str:
-    if not run.samples:
-        return _absent("No generations to sample pairs from.")
-    return "".join(_pair_card(sample) for sample in run.samples)
-
-
-def _pair_card(sample: dict[str, Any]) -> str:
-    head = [f"pair <code>{_t(sample['id'])}</code>", _t(sample["strategy"])]
+def _pair(sample: dict[str, Any]) -> dict[str, Any]:
+    head = [Markup(f"pair <code>{_t(sample['id'])}</code>"), Markup(_t(sample["strategy"]))]
     if sample.get("kept") is not None:
         kept = sample["kept"]
         head.append(
-            f'<span class="badge {"kept" if kept else "dropped"}">'
-            f"{'exported' if kept else 'filtered out'}</span>"
+            Markup(
+                f'<span class="badge {"kept" if kept else "dropped"}">'
+                f"{'exported' if kept else 'filtered out'}</span>"
+            )
         )
     if _finite(sample.get("pmi")):
-        head.append(f"PMI {sample['pmi']:+.3f}")
+        head.append(Markup(f"PMI {sample['pmi']:+.3f}"))
     if _finite(sample.get("judge_chosen")) or _finite(sample.get("judge_rejected")):
         head.append(
-            f"judge {_logp(sample.get('judge_chosen'))} vs {_logp(sample.get('judge_rejected'))}"
+            Markup(
+                f"judge {_logp(sample.get('judge_chosen'))} "
+                f"vs {_logp(sample.get('judge_rejected'))}"
+            )
         )
-    blocks = []
-    if sample.get("context"):
-        blocks.append(_text_block("User context", sample["context"]))
-    blocks.append(_text_block("Prompt", sample["prompt"]))
-    sides = "".join(_side(sample, side) for side in ("chosen", "rejected"))
-    return (
-        f'<article class="pair"><div class="pair-head">{" · ".join(head)}</div>'
-        f'{"".join(blocks)}<div class="sides">{sides}</div></article>'
-    )
+    return {
+        "head": head,
+        "context": sample.get("context") or None,
+        "prompt": sample["prompt"],
+        "sides": [_side(sample, side) for side in ("chosen", "rejected")],
+    }
 
 
-def _text_block(label: str, text: str) -> str:
-    return (
-        f'<div class="block"><div class="label">{_t(label)}</div>'
-        f'<p class="text">{_t(text)}</p></div>'
-    )
-
-
-def _side(sample: dict[str, Any], side: str) -> str:
+def _side(sample: dict[str, Any], side: str) -> dict[str, Any]:
     facts = [
-        f"finish: {_t(sample[f'{side}_finish_reason'])}",
-        f"{fmt_number(sample[f'{side}_tokens'])} tokens",
+        Markup(f"finish: {_t(sample[f'{side}_finish_reason'])}"),
+        Markup(f"{fmt_number(sample[f'{side}_tokens'])} tokens"),
     ]
     if _finite(sample.get(f"ref_{side}_logps")):
-        facts.append(f"ref log-prob {_logp(sample[f'ref_{side}_logps'])}")
+        facts.append(Markup(f"ref log-prob {_logp(sample[f'ref_{side}_logps'])}"))
     text = sample[side]
-    shown = _t(text) if text.strip() else '<span class="absent">(empty response)</span>'
-    return (
-        f'<div class="side {side}"><div class="label">{side}</div>'
-        f'<div class="facts">{" · ".join(facts)}</div>'
-        f'<p class="text">{shown}</p></div>'
-    )
+    return {"side": side, "facts": facts, "text": text, "empty": not text.strip()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -661,9 +639,9 @@ def _latest(runs: Sequence[RunData], has: Callable[[RunData], bool]) -> RunData 
     return next((run for run in reversed(runs) if has(run)), None)
 
 
-def _glance(runs: Sequence[RunData]) -> str:
-    """Key numbers in a row of cards, each from the latest round that has it."""
-    cards: list[tuple[str, str]] = []
+def _glance(runs: Sequence[RunData]) -> list[tuple[Any, str]]:
+    """Key numbers for the row of cards, each from the latest round that has it."""
+    cards: list[tuple[Any, str]] = []
 
     def where(run: RunData) -> str:
         if len(runs) == 1:
@@ -690,12 +668,7 @@ def _glance(runs: Sequence[RunData]) -> str:
             cards.append((shift, "final chosen log-prob shift" + where(trained)))
     for group in (group for run in runs for group in run.evals):
         cards.extend(_eval_card(group))
-    if not cards:
-        return ""
-    inner = "".join(
-        f"<div><b>{_t(value)}</b><span>{_t(label)}</span></div>" for value, label in cards
-    )
-    return f'<div class="glance">{inner}</div>'
+    return cards
 
 
 def _eval_card(group: EvalGroup) -> list[tuple[str, str]]:
@@ -721,9 +694,12 @@ def _eval_card(group: EvalGroup) -> list[tuple[str, str]]:
     return [(text, label + " (paired, bootstrap 95%)")]
 
 
+SECTION_ORDER = ("pipeline", "filters", "training", "evaluation", "judging", "diversity", "samples")
+
+
 def _round_sections(
     run: RunData, figures: dict[str, Figure], *, slug: str, level: int, compact: bool = False
-) -> str:
+) -> list[dict[str, Any]]:
     """The sections of one round; ``compact`` leaves out those without data (later rounds,
     whose pipeline table already says what they lack)."""
     present = {
@@ -735,38 +711,30 @@ def _round_sections(
         "diversity": run.pairs is not None or bool(run.evals),
         "samples": bool(run.samples),
     }
-    bodies = {
-        "pipeline": pipeline_body(run),
-        "filters": filters_body(run),
-        "training": training_body(run, figures),
-        "evaluation": evaluation_body(run, figures),
-        "diversity": diversity_body(run, figures),
-        "samples": samples_body(run),
+    data: dict[str, Any] = {
+        "pipeline": pipeline_section(run),
+        "filters": filters_section(run),
+        "training": training_section(run, figures),
+        "evaluation": evaluation_section(run, figures),
+        "diversity": diversity_section(run, figures),
+        "samples": samples_section(run),
     }
     if run.judging:
-        bodies["judging"] = judging_body(run)
-    if compact:
-        bodies = {key: body for key, body in bodies.items() if present[key]}
-    order = ["pipeline", "filters", "training", "evaluation", "judging", "diversity", "samples"]
-    return "".join(
-        _section(key, bodies[key], anchor=f"{slug}{key}", level=level)
-        for key in order
-        if key in bodies
-    )
+        data["judging"] = judging_section(run)
+    return [
+        {
+            "key": key,
+            "title": SECTION_TITLES[key],
+            "anchor": f"{slug}{key}",
+            "level": level,
+            "data": data[key],
+        }
+        for key in SECTION_ORDER
+        if key in data and (present[key] or not compact)
+    ]
 
 
-def _header(run: RunData, generated_at: str) -> str:
-    meta = [(key, value) for key, value in run.header.items() if key != "run"]
-    meta.append(("report", generated_at))
-    items = "".join(f"<div><dt>{_t(k)}</dt><dd>{_t(v)}</dd></div>" for k, v in meta)
-    title = run.header.get("run", run.label)
-    return (
-        f'<header class="hero"><div class="wrap"><div class="kicker">mipo-engine run report</div>'
-        f"<h1>{_t(title)}</h1><dl class='meta'>{items}</dl></div></header>"
-    )
-
-
-def _nav(rounds: Sequence[tuple[RunData, dict[str, Figure]]]) -> str:
+def _nav(rounds: Sequence[tuple[RunData, dict[str, Figure]]]) -> list[tuple[str, str]]:
     if len(rounds) > 1:
         links = [(f"#{_slug(index)}round", run.label) for index, (run, _) in enumerate(rounds)]
     else:
@@ -774,54 +742,62 @@ def _nav(rounds: Sequence[tuple[RunData, dict[str, Figure]]]) -> str:
         keys = [k for k in SECTION_TITLES if k != "judging" or run.judging]
         links = [(f"#{key}", SECTION_TITLES[key]) for key in keys]
     links.append(("#config", "Configuration"))
-    inner = "".join(f'<a href="{_t(href)}">{_t(text)}</a>' for href, text in links)
-    return f'<nav><div class="wrap">{inner}</div></nav>'
+    return links
 
 
 def _slug(index: int) -> str:
     return "" if index == 0 else f"r{index + 1}-"
 
 
-def _config_section(runs: Sequence[RunData]) -> str:
-    import yaml
-
-    parts = []
-    top = runs[0]
-    if top.pipeline is not None:
-        text = yaml.safe_dump(top.pipeline, sort_keys=False, allow_unicode=True)
-        parts.append(
-            "<details open><summary>pipeline.yaml (secrets redacted)</summary>"
-            f"<pre>{_t(text)}</pre></details>"
-        )
-    else:
-        parts.append(_absent("No pipeline.yaml (stages were run by hand)."))
-    problems = [f"{run.label}: {problem}" for run in runs for problem in run.problems]
-    if problems:
-        items = "".join(f"<li>{_t(problem)}</li>" for problem in problems)
-        parts.append(f"<h3>Could not read</h3><ul class='small'>{items}</ul>")
-    return f'<section class="card" id="config"><h2>Configuration</h2>{"".join(parts)}</section>'
+@lru_cache(maxsize=1)
+def _template() -> jinja2.Template:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        finalize=_finalize,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return environment.get_template(TEMPLATE_FILE)
 
 
 def render_report(rounds: Sequence[tuple[RunData, dict[str, Figure]]], *, generated_at: str) -> str:
     """The whole page for a run (first entry) and its later rounds, with their figures."""
     if not rounds:
         raise ValueError("render_report needs at least the run itself")
-    top = rounds[0][0]
-    body = [_glance([run for run, _ in rounds])]
-    if len(rounds) == 1:
-        body.append(_round_sections(top, rounds[0][1], slug="", level=2))
-    else:
-        for index, (run, figures) in enumerate(rounds):
-            slug = _slug(index)
-            title = f"Round {index + 1}" + (f": {run.label}" if index else "")
-            body.append(f'<h2 class="round" id="{slug}round">{_t(title)}</h2>')
-            body.append(_round_sections(run, figures, slug=slug, level=3, compact=index > 0))
-    body.append(_config_section([run for run, _ in rounds]))
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>mipo report: {_t(top.header.get('run', top.label))}</title>"
-        f"<style>{read_prompt(CSS_FILE)}</style></head><body>"
-        f"{_header(top, generated_at)}{_nav(rounds)}"
-        f'<main><div class="wrap">{"".join(body)}</div></main></body></html>\n'
+    import yaml
+
+    runs = [run for run, _ in rounds]
+    top = runs[0]
+    sections = []
+    for index, (run, figures) in enumerate(rounds):
+        slug = _slug(index) if len(rounds) > 1 else ""
+        heading = None
+        if len(rounds) > 1:
+            heading = f"Round {index + 1}" + (f": {run.label}" if index else "")
+        sections.append(
+            {
+                "slug": slug,
+                "heading": heading,
+                "sections": _round_sections(
+                    run, figures, slug=slug, level=2 if len(rounds) == 1 else 3, compact=index > 0
+                ),
+            }
+        )
+    meta = [(key, value) for key, value in top.header.items() if key != "run"]
+    meta.append(("report", generated_at))
+    pipeline_yaml = None
+    if top.pipeline is not None:
+        pipeline_yaml = yaml.safe_dump(top.pipeline, sort_keys=False, allow_unicode=True)
+    return _template().render(
+        title=top.header.get("run", top.label),
+        css=Markup(read_prompt(CSS_FILE)),
+        meta=meta,
+        nav=_nav(rounds),
+        glance=_glance(runs),
+        rounds=sections,
+        pipeline_yaml=pipeline_yaml,
+        problems=[f"{run.label}: {problem}" for run in runs for problem in run.problems],
     )
