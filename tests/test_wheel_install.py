@@ -153,3 +153,17 @@ def test_the_installed_wheel_runs_without_the_source_tree(installed):
         env=env,
     ).stdout
     assert "Name a colour." in rendered and "Answer in one word." in rendered
+    page = _run(
+        [
+            python,
+            "-c",
+            "from pathlib import Path\n"
+            "from mipo_engine.report.data import RunData\n"
+            "from mipo_engine.report.html import render_report\n"
+            "print(render_report([(RunData(root=Path('.'), label='<wheel>'), {})],"
+            " generated_at='now'))",
+        ],
+        cwd=work,
+        env=env,
+    ).stdout
+    assert "<title>mipo report: &lt;wheel&gt;</title>" in page
