@@ -25,7 +25,7 @@ import yaml
 from mipo_engine import __version__
 from mipo_engine.artifacts.lineage import Step, find_step, locate_input, manifest_chain
 from mipo_engine.artifacts.manifest import REDACTED
-from mipo_engine.publish.hub import HubFolder
+from mipo_engine.publish.folder import HubFolder
 from mipo_engine.templates import render
 
 CARD_TEMPLATE = "dataset_card.md"
@@ -93,16 +93,12 @@ def size_category(rows: int) -> str:
 
 
 def _cli_parameters(stage: str) -> list[Any] | None:
-    """The click parameters of ``mipo <stage>``, or None when the CLI has no such command."""
-    try:
-        import typer.main
+    """The parameters of ``mipo <stage>`` (from the pipeline's stage registry), or None when
+    the stage has no command of its own (such as ``train-reference``)."""
+    from mipo_engine.pipeline.stages import STAGE_KINDS
 
-        from cli import app
-    except ImportError:
-        return None
-    group = typer.main.get_command(app)
-    command = getattr(group, "commands", {}).get(stage)
-    return None if command is None else list(command.params)
+    kind = STAGE_KINDS.get(stage)
+    return None if kind is None else list(kind.command().params)
 
 
 def _parameter_for(key: str, parameters: list[Any]) -> Any | None:
@@ -145,8 +141,8 @@ def _option_words(key: str, value: Any, parameter: Any | None) -> list[str]:
 def stage_command(step: Step, display: dict[str, str]) -> str:
     """The ``mipo`` command that made ``step``, from its recorded settings.
 
-    Settings are rendered against the real CLI (positional arguments, flag names such as
-    ``--keep-empty``). Paths of artifacts in the chain are shown as ``display`` maps them
+    Settings are rendered against the stage's CLI command (positional arguments, flag names
+    such as ``--keep-empty``). Paths of artifacts in the chain are shown as ``display`` maps them
     (their file names); a setting the CLI has no option for is listed in a trailing comment.
     """
     config = step.config
