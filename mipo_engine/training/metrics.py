@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-METRICS_FILE = "metrics.jsonl"
+from mipo_engine.artifacts.metrics_log import read_metrics
 
 
 class MetricAccumulator:
@@ -56,20 +56,6 @@ class MetricAccumulator:
         self._sums.clear()
         self._counts.clear()
         return means
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file, in order (a torn last line is ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a run killed mid-write leaves at most one partial last line
-    return records
 
 
 def truncate_metrics(path: str | Path, last_step: int) -> None:
