@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli import app
-from mipo_engine.artifacts.schemas import GENERATIONS, SCORES
+from mipo_engine.artifacts.schemas import GENERATIONS, JUDGMENTS, SCORES
 from mipo_engine.artifacts.store import is_complete, read_manifest, write_artifact
 from mipo_engine.chat import build_messages
 from mipo_engine.errors import ConfigError, InputError
@@ -30,7 +30,6 @@ from mipo_engine.stages.export import (
     synthetic_generations,
     user_turn,
 )
-from mipo_engine.stages.judge import JUDGMENTS
 
 runner = CliRunner()
 

@@ -26,22 +26,19 @@ from scripted_backend import (
 from typer.testing import CliRunner
 
 from cli import app
-from mipo_engine.artifacts.schemas import GENERATIONS
+from mipo_engine.artifacts.schemas import CONTEXTS as CONTEXTS_SCHEMA
+from mipo_engine.artifacts.schemas import GENERATIONS, JUDGMENTS, RESPONSES, RUBRIC_FIELDS, RUBRICS
 from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifest
 from mipo_engine.errors import ConfigError
-from mipo_engine.judging.validation import RUBRIC_FIELDS
 from mipo_engine.stages.common import derive_seed
-from mipo_engine.stages.contexts import CONTEXTS as CONTEXTS_SCHEMA
 from mipo_engine.stages.judge import (
-    JUDGMENTS,
-    RESPONSES,
     JudgeConfig,
     aggregate_judgments,
     context_items,
     run_judge,
     summary_path,
 )
-from mipo_engine.stages.rubrics import RUBRICS, rubric_id
+from mipo_engine.stages.rubrics import rubric_id
 
 TESTS_DIR = Path(__file__).resolve().parent
 WARM = "Use a warm tone."

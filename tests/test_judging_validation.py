@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mipo_engine.artifacts.schemas import RUBRIC_FIELDS
 from mipo_engine.judging.validation import (
     MAX_CONTEXT_VALUE_CHARS,
-    RUBRIC_FIELDS,
     count_sentences,
     parse_json_object,
     validate_rubric,

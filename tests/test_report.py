@@ -30,10 +30,11 @@ from helpers.browser import INSTALL_HINT, find_chromium, image_stats, screenshot
 from scripted_backend import ScriptedBackend
 from typer.testing import CliRunner
 
+from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import write_json_atomic
 from mipo_engine.backends.base import ScoreResult
 from mipo_engine.errors import ConfigError, InputError
-from mipo_engine.evaluation.results import EVAL, summarize, summary_path
+from mipo_engine.evaluation.results import summarize, summary_path
 from mipo_engine.report import REPORT_FILE, collect_run, write_report
 from mipo_engine.report import collect as collect_module
 from mipo_engine.report.collect import TrainingData, distinct_n, read_metrics_records

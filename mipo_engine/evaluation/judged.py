@@ -20,9 +20,9 @@ from typing import Literal
 
 import polars as pl
 
+from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import read_artifact, write_parquet_atomic
 from mipo_engine.errors import InputError
-from mipo_engine.evaluation.results import EVAL
 
 JudgeMode = Literal["rubric", "rlaif", "verify"]
 
@@ -93,7 +93,8 @@ def judge_against_reference(
     win, seed 004 sec. 5.4), 0.0 when lower, and null when either has no score (no judged
     item, or no usable judge reply), so failures never count for or against a model.
     """
-    from mipo_engine.stages.judge import JUDGMENTS, JudgeConfig, aggregate_judgments, run_judge
+    from mipo_engine.artifacts.schemas import JUDGMENTS
+    from mipo_engine.stages.judge import JudgeConfig, aggregate_judgments, run_judge
 
     _check_reference(reference, frame)
     responses = _side_file(output, "judge-responses")

@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
+from mipo_engine.artifacts.schemas import RUBRIC_FIELDS
 from mipo_engine.judging.constraints import CONSTRAINT_TYPES
-from mipo_engine.judging.validation import RUBRIC_FIELDS
 from mipo_engine.resources import resource_dir
 
 __all__ = ["builtin_rubric_sets", "load_rubric_set", "rubric_for_constraint"]

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from mipo_engine.artifacts.schemas import RUBRIC_FIELDS
+
 # Context extraction (seed 004 App. C.2): keys are snake_case summaries of one or two words,
 # values are instructions of at most two sentences that apply to any topic.
 _SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
@@ -19,16 +21,6 @@ MAX_CONTEXT_VALUE_CHARS = 400
 """A light stand-in for "general, not topic-specific": two plain sentences fit well within it,
 while a value that retells the conversation usually does not."""
 MAX_CONTEXT_SENTENCES = 2
-
-RUBRIC_FIELDS = (
-    "criteria",
-    "score1_description",
-    "score2_description",
-    "score3_description",
-    "score4_description",
-    "score5_description",
-)
-"""Rubric layout used throughout the project (Prometheus absolute grading: criteria + 5 levels)."""
 
 # Abbreviations whose full stop does not end a sentence.
 _ABBREVIATIONS = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf|approx|Mr|Mrs|Ms|Dr|St)\.", re.I)

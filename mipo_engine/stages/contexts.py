@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from mipo_engine.artifacts.schemas import PROMPTS, ArtifactSchema, Column, register_schema
+from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS
 from mipo_engine.artifacts.store import is_complete, read_artifact
 from mipo_engine.backends.base import (
     Backend,
@@ -65,23 +65,6 @@ console = Console(stderr=True)
 BackendName = Literal["hf", "vllm", "openai"]
 T = TypeVar("T")
 
-CONTEXTS = register_schema(
-    ArtifactSchema(
-        "contexts",
-        (
-            Column("id", pl.String(), doc="'<source_id>:<key>'"),
-            Column("source_id", pl.String(), doc="the preference row the item was inferred from"),
-            Column("user_id", pl.String(), True, doc="the user who made the choice, if known"),
-            Column("key", pl.String(), doc="snake_case label of the preference"),
-            Column("item", pl.String(), doc="the preference, at most two sentences"),
-            Column("context", pl.String(), doc="all items of the source row: the user context"),
-            Column("prompt", pl.String(), doc="the source row's prompt"),
-            Column("context_group", pl.String(), True, doc="prompt-tied pool (system-to-user)"),
-            Column("source", pl.String(), doc="input file name"),
-            Column("attempts", pl.Int64(), doc="model calls the row needed"),
-        ),
-    )
-)
 
 # --------------------------------------------------------------------------------------------
 # Asking a model with validation and bounded retries (shared by contexts, rubrics and judge)

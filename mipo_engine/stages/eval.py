@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import fingerprint
+from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import is_complete, write_json_atomic
 from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig, create_backend
 from mipo_engine.chat import build_messages, user_turn
@@ -44,7 +45,7 @@ from mipo_engine.evaluation.raw import (
     continuation_logprobs,
     with_bos,
 )
-from mipo_engine.evaluation.results import EVAL, summarize, summary_path
+from mipo_engine.evaluation.results import summarize, summary_path
 from mipo_engine.evaluation.stats import answer_entropy, letter_probabilities
 from mipo_engine.evaluation.tasks import (
     EVAL_TASKS,

@@ -41,10 +41,8 @@ from rich.console import Console
 
 from mipo_engine.artifacts.schemas import (
     GENERATIONS,
+    PREFERENCES,
     SCORES,
-    ArtifactSchema,
-    Column,
-    register_schema,
     validate_frame,
 )
 from mipo_engine.artifacts.store import read_artifact
@@ -58,25 +56,6 @@ console = Console(stderr=True)
 ExportFormat = Literal["trl", "trl-conversational", "openrlhf"]
 FORMATS: tuple[str, ...] = ("trl", "trl-conversational", "openrlhf")
 NearDuplicates = Literal["off", "normalized", "minhash"]
-
-PREFERENCES = register_schema(
-    ArtifactSchema(
-        "preferences",
-        (
-            Column("id", pl.String(), doc="pair id (the generations id)"),
-            Column("prompt_id", pl.String(), doc="prompt row the pair was generated for"),
-            Column("strategy", pl.String(), doc="negative strategy that made the pair"),
-            Column(
-                "split", pl.String(), doc="train / test / ... (all pairs of a prompt share one)"
-            ),
-        ),
-    )
-)
-"""The format-independent columns of a ``preferences`` artifact.
-
-The text columns' types depend on the format (strings or message lists), so they are
-checked by ``validate_preferences`` rather than by this dtype-strict schema.
-"""
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String(), "content": pl.String()}))
 TEXT_COLUMNS: dict[str, dict[str, pl.DataType]] = {
@@ -261,7 +240,8 @@ def judge_margins(path: Path) -> pl.DataFrame:
     item scores skipped). A pair missing either response's score gets a null margin, which
     the margin filter drops.
     """
-    from mipo_engine.stages.judge import JUDGMENTS, aggregate_judgments
+    from mipo_engine.artifacts.schemas import JUDGMENTS
+    from mipo_engine.stages.judge import aggregate_judgments
 
     per_response = aggregate_judgments(read_artifact(path, JUDGMENTS))
 

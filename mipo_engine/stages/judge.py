@@ -50,9 +50,10 @@ from pydantic import Field, model_validator
 
 from mipo_engine.artifacts.schemas import (
     GENERATIONS,
+    JUDGMENTS,
+    RESPONSES,
     ArtifactSchema,
     Column,
-    register_schema,
     validate_frame,
 )
 from mipo_engine.artifacts.store import read_artifact, write_json_atomic
@@ -81,41 +82,6 @@ PASS_SCORE, FAIL_SCORE = 5.0, 1.0
 AGREEMENT_THRESHOLD = 4.0
 """A judge score at or above this counts as "adheres" when compared with the checker."""
 
-RESPONSES = register_schema(
-    ArtifactSchema(
-        "responses",
-        (
-            Column("id", pl.String(), doc="response id (matches the reference's id)"),
-            Column("prompt", pl.String(), doc="the user request x"),
-            Column("context", pl.String(), True, doc="the user context c as text"),
-            Column("context_items", pl.List(pl.String()), True, doc="the items making up c"),
-            Column("response", pl.String(), doc="the response to judge"),
-            Column("task", pl.String(), True, doc="win rates are also reported per task"),
-        ),
-    )
-)
-
-JUDGMENTS = register_schema(
-    ArtifactSchema(
-        "judgments",
-        (
-            Column("id", pl.String(), doc="'<role>:<response_id>:<item_index>'"),
-            Column("response_id", pl.String(), doc="generation pair id or responses id"),
-            Column("role", pl.String(), doc="chosen | rejected | response | reference"),
-            Column("task", pl.String(), True),
-            Column("mode", pl.String(), doc="rubric | rlaif | verify"),
-            Column("item_index", pl.Int64(), doc="position of the item in the response's items"),
-            Column("item", pl.String(), doc="the preference item (rlaif: the whole context)"),
-            Column("rubric_id", pl.String(), True),
-            Column("checker", pl.String(), True, doc="constraint type of a verifiable item"),
-            Column("passed", pl.Boolean(), True, doc="the checker's verdict (verifiable items)"),
-            Column("score", pl.Float64(), True, doc="1-5; null when no usable score"),
-            Column("raw", pl.String(), True, doc="the judge's last reply"),
-            Column("error", pl.String(), True, doc="why the score is null"),
-            Column("attempts", pl.Int64(), doc="judge calls made for this item"),
-        ),
-    )
-)
 
 # --------------------------------------------------------------------------------------------
 # Settings

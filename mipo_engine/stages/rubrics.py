@@ -25,17 +25,16 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from mipo_engine.artifacts.schemas import PROMPTS, ArtifactSchema, Column, register_schema
+from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS, RUBRIC_FIELDS, RUBRICS
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.backends.base import Backend, SamplingConfig, create_backend
 from mipo_engine.chat import Message
 from mipo_engine.errors import InputError, MipoError
 from mipo_engine.judging.constraints import constraint_type
 from mipo_engine.judging.rubric_sets import rubric_for_constraint
-from mipo_engine.judging.validation import RUBRIC_FIELDS, parse_json_object, validate_rubric
+from mipo_engine.judging.validation import parse_json_object, validate_rubric
 from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
 from mipo_engine.stages.contexts import (
-    CONTEXTS,
     Query,
     RetryPolicy,
     ask_with_retries,
@@ -48,20 +47,6 @@ from mipo_engine.templates import render
 
 BUILTIN_ORIGIN = "builtin:verifiable"
 GENERATED_ORIGIN = "generated"
-
-RUBRICS = register_schema(
-    ArtifactSchema(
-        "rubrics",
-        (
-            Column("id", pl.String(), doc="rubric_id(item): stable id from the item text"),
-            Column("item", pl.String(), doc="the preference item the rubric grades"),
-            *(Column(field, pl.String()) for field in RUBRIC_FIELDS),
-            Column("checker", pl.String(), True, doc="constraint type of a verifiable item"),
-            Column("origin", pl.String(), doc="'builtin:verifiable' or 'generated'"),
-            Column("attempts", pl.Int64(), doc="model calls (0 for built-in rubrics)"),
-        ),
-    )
-)
 
 
 def rubric_id(item: str) -> str:
