@@ -26,11 +26,11 @@ from scripted_backend import (
 from typer.testing import CliRunner
 
 from cli import app
+from mipo_engine.artifacts.run import derive_seed
 from mipo_engine.artifacts.schemas import CONTEXTS as CONTEXTS_SCHEMA
 from mipo_engine.artifacts.schemas import GENERATIONS, JUDGMENTS, RESPONSES, RUBRIC_FIELDS, RUBRICS
 from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifest
 from mipo_engine.errors import ConfigError
-from mipo_engine.stages.common import derive_seed
 from mipo_engine.stages.judge import (
     JudgeConfig,
     aggregate_judgments,

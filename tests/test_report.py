@@ -30,6 +30,7 @@ from helpers.browser import INSTALL_HINT, find_chromium, image_stats, screenshot
 from scripted_backend import ScriptedBackend
 from typer.testing import CliRunner
 
+from mipo_engine.artifacts.run import StageRun
 from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import write_json_atomic
 from mipo_engine.backends.base import ScoreResult
@@ -45,7 +46,6 @@ from mipo_engine.report.html import (
     fmt_seconds,
     interval_cell,
 )
-from mipo_engine.stages.common import StageRun
 from mipo_engine.stages.export import ExportConfig, run_export
 from mipo_engine.stages.generate import GenerateConfig, run_generate
 from mipo_engine.stages.ingest import IngestConfig, run_ingest

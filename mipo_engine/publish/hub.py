@@ -29,9 +29,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from mipo_engine.artifacts.manifest import looks_like_secret, redact
+from mipo_engine.artifacts.run import StageConfig
 from mipo_engine.artifacts.store import atomic_path, is_complete, read_manifest
 from mipo_engine.errors import BackendError, InputError
-from mipo_engine.stages.common import StageConfig
 
 console = Console(stderr=True)
 

@@ -34,6 +34,7 @@ from pydantic import Field, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path, derive_seed
 from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS
 from mipo_engine.artifacts.store import is_complete, read_artifact
 from mipo_engine.backends.base import (
@@ -57,7 +58,6 @@ from mipo_engine.sources.preferences import (
     read_system_preferences,
     snake_case,
 )
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
 from mipo_engine.templates import render
 
 console = Console(stderr=True)

@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import fingerprint
+from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path, derive_seed
 from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import is_complete, write_json_atomic
 from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig, create_backend
@@ -62,7 +63,6 @@ from mipo_engine.evaluation.tasks import (
 )
 from mipo_engine.sources.benchmarks import EVAL_STOP_SEQUENCES, choice_labels, eval_prompt
 from mipo_engine.sources.ifeval import read_responses
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
 
 console = Console(stderr=True)
 

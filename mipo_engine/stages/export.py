@@ -39,6 +39,7 @@ import polars as pl
 from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
+from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path, derive_seed
 from mipo_engine.artifacts.schemas import (
     GENERATIONS,
     PREFERENCES,
@@ -48,7 +49,6 @@ from mipo_engine.artifacts.schemas import (
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.errors import ConfigError, InputError, MipoError
 from mipo_engine.stages import filters
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
 from mipo_engine.templates import load_template, placeholders
 
 console = Console(stderr=True)

@@ -16,6 +16,12 @@ from pydantic import Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from mipo_engine.artifacts.run import (
+    StageConfig,
+    StageRun,
+    check_output_path,
+    require_columns_non_empty,
+)
 from mipo_engine.artifacts.schemas import GENERATIONS, PROMPTS
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.backends.base import (
@@ -27,12 +33,6 @@ from mipo_engine.backends.base import (
 )
 from mipo_engine.errors import MipoError
 from mipo_engine.models import resolve_model
-from mipo_engine.stages.common import (
-    StageConfig,
-    StageRun,
-    check_output_path,
-    require_columns_non_empty,
-)
 from mipo_engine.strategies import PairPlan, plan_pairs
 
 console = Console(stderr=True)

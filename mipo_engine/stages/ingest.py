@@ -12,12 +12,12 @@ from typing import Literal
 import polars as pl
 from pydantic import Field
 
+from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path
 from mipo_engine.artifacts.schemas import PROMPTS
 from mipo_engine.errors import InputError
 from mipo_engine.resources import resource_dir
 from mipo_engine.sources.builtin import BUILTIN_SETS, in_split
 from mipo_engine.sources.files import normalise_record, read_records
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
 
 Task = Literal["general", "personalization", "math", "mcq"]
 FileFormat = Literal["auto", "jsonl", "csv", "parquet", "gsm8k", "svamp", "arc", "mmlu"]

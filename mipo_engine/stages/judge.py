@@ -48,6 +48,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
+from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path
 from mipo_engine.artifacts.schemas import (
     GENERATIONS,
     JUDGMENTS,
@@ -62,7 +63,6 @@ from mipo_engine.chat import Message
 from mipo_engine.errors import ConfigError, InputError
 from mipo_engine.judging.constraints import check_constraint, constraint_type
 from mipo_engine.judging.scores import critic_accuracy, parse_score, win_rate
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
 from mipo_engine.stages.contexts import (
     Query,
     RetryPolicy,

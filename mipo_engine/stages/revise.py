@@ -30,6 +30,7 @@ import polars as pl
 from pydantic import Field
 from rich.console import Console
 
+from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path, derive_seed
 from mipo_engine.artifacts.schemas import GENERATIONS, PROMPTS
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.backends.base import (
@@ -42,7 +43,6 @@ from mipo_engine.chat import Message
 from mipo_engine.errors import ConfigError, InputError, MipoError
 from mipo_engine.evaluation.tasks import ANSWER_MARKER
 from mipo_engine.models import resolve_model
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
 from mipo_engine.templates import render
 
 console = Console(stderr=True)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
+from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path
 from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS, RUBRIC_FIELDS, RUBRICS
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.backends.base import Backend, SamplingConfig, create_backend
@@ -33,7 +34,6 @@ from mipo_engine.errors import InputError, MipoError
 from mipo_engine.judging.constraints import constraint_type
 from mipo_engine.judging.rubric_sets import rubric_for_constraint
 from mipo_engine.judging.validation import parse_json_object, validate_rubric
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
 from mipo_engine.stages.contexts import (
     Query,
     RetryPolicy,

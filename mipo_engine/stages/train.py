@@ -33,10 +33,10 @@ from pydantic import Field
 from rich.console import Console
 
 from mipo_engine.artifacts.manifest import describe_inputs, fingerprint, now_iso, redact
+from mipo_engine.artifacts.run import StageConfig, StageRun
 from mipo_engine.artifacts.schemas import SCORES
 from mipo_engine.artifacts.store import write_json_atomic
 from mipo_engine.errors import ConfigError
-from mipo_engine.stages.common import StageConfig, StageRun
 from mipo_engine.training.data import (
     PairCollator,
     PairDataset,

@@ -1,4 +1,5 @@
-"""What every stage shares: settings validation, seeds, input description, output writing."""
+"""The stage run kernel every stage shares: settings validation, seeds, input description,
+the row journal and output writing (artifact plus manifest)."""
 
 from __future__ import annotations
 
