@@ -6,6 +6,7 @@ written; errors name the file, the 1-based row and the column.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,6 +288,20 @@ def get_schema(name: str) -> ArtifactSchema:
         return SCHEMAS[name]
     except KeyError:
         raise ValueError(f"unknown artifact {name!r}; known: {sorted(SCHEMAS)}") from None
+
+
+def first_repeat(ids: Iterable[Hashable]) -> tuple[int, int] | None:
+    """The first id that occurs twice: its 1-based position and that of its first occurrence.
+
+    None when every id is distinct. Readers of records that do not yet form a frame use it
+    (``validate_frame`` checks a frame's key column itself).
+    """
+    seen: dict[Hashable, int] = {}
+    for position, value in enumerate(ids, start=1):
+        first = seen.setdefault(value, position)
+        if first != position:
+            return position, first
+    return None
 
 
 def _first_bad_row(mask: pl.Series) -> int:

@@ -144,12 +144,9 @@ def load_ifeval(path: str | Path | None = None) -> list[Row]:
 
 def _response_records(path: Path) -> list[tuple[int, Any]]:
     if path.suffix == ".parquet":
-        import polars as pl
+        from mipo_engine.artifacts.store import read_parquet
 
-        try:
-            frame = pl.read_parquet(path)
-        except Exception as error:
-            raise InputError(f"not a readable Parquet file ({error})", file=path) from None
+        frame = read_parquet(path)
         for column in ("prompt", "response"):
             if column not in frame.columns:
                 raise InputError(f"missing column (found {frame.columns})", file=path, field=column)

@@ -46,7 +46,7 @@ from mipo_engine.artifacts.schemas import (
     SCORES,
     validate_frame,
 )
-from mipo_engine.artifacts.store import read_artifact
+from mipo_engine.artifacts.store import read_artifact, read_parquet
 from mipo_engine.errors import ConfigError, InputError, MipoError
 from mipo_engine.stages import filters
 from mipo_engine.templates import load_template, placeholders
@@ -474,13 +474,7 @@ def validate_preferences(frame: pl.DataFrame, *, file: str | Path | None = None)
 def read_preferences(path: str | Path) -> pl.DataFrame:
     """Read and check a preferences artifact (any format)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", file=path)
-    try:
-        frame = pl.read_parquet(path)
-    except Exception as error:  # polars raises several types for corrupt files
-        raise InputError(f"not a readable Parquet file ({error})", file=path) from None
-    return validate_preferences(frame, file=path)
+    return validate_preferences(read_parquet(path), file=path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,7 +57,12 @@ from mipo_engine.artifacts.schemas import (
     Column,
     validate_frame,
 )
-from mipo_engine.artifacts.store import read_artifact, write_json_atomic
+from mipo_engine.artifacts.store import (
+    parquet_columns,
+    read_artifact,
+    read_parquet,
+    write_json_atomic,
+)
 from mipo_engine.backends.base import Backend, SamplingConfig, create_backend
 from mipo_engine.chat import Message
 from mipo_engine.errors import ConfigError, InputError
@@ -242,7 +247,7 @@ def _response_target(row: dict[str, Any], known: Sequence[str], role: str) -> Ju
 
 def _read_reference(path: Path) -> dict[str, str]:
     """Reference responses by id from a Parquet file with ``id`` and ``response`` columns."""
-    columns = _parquet_columns(Path(path))
+    columns = list(parquet_columns(path))
     for column in ("id", "response"):
         if column not in columns:
             raise InputError(
@@ -251,20 +256,11 @@ def _read_reference(path: Path) -> dict[str, str]:
                 field=column,
             )
     frame = validate_frame(
-        pl.read_parquet(path, columns=["id", "response"]),
+        read_parquet(path, columns=["id", "response"]),
         ArtifactSchema("reference", (Column("id", pl.String()), Column("response", pl.String()))),
         file=path,
     )
     return dict(frame.iter_rows())
-
-
-def _parquet_columns(path: Path) -> list[str]:
-    if not path.is_file():
-        raise InputError("file not found", file=path)
-    try:
-        return list(pl.read_parquet_schema(path))
-    except Exception as error:  # polars raises several types for corrupt files
-        raise InputError(f"not a readable Parquet file ({error})", file=path) from None
 
 
 def read_targets(
@@ -272,7 +268,7 @@ def read_targets(
 ) -> tuple[str, list[JudgedResponse]]:
     """The input's kind (generations / responses) and every response to judge, in order."""
     path = Path(config.responses)
-    columns = _parquet_columns(path)
+    columns = list(parquet_columns(path))
     if "chosen" in columns and "rejected" in columns:
         if config.reference is not None:
             raise ConfigError(

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path
 from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS, RUBRIC_FIELDS, RUBRICS
-from mipo_engine.artifacts.store import read_artifact
+from mipo_engine.artifacts.store import parquet_columns, read_artifact
 from mipo_engine.backends.base import Backend, SamplingConfig, create_backend
 from mipo_engine.chat import Message
 from mipo_engine.errors import InputError, MipoError
@@ -107,12 +107,7 @@ class RubricsFailed(MipoError):
 def read_preference_items(path: Path) -> list[str]:
     """Distinct preference items of a contexts or prompts artifact, in first-seen order."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", file=path)
-    try:
-        columns = pl.read_parquet_schema(path)
-    except Exception as error:  # polars raises several types for corrupt files
-        raise InputError(f"not a readable Parquet file ({error})", file=path) from None
+    columns = parquet_columns(path)
     if "item" in columns:
         items = read_artifact(path, CONTEXTS)["item"].to_list()
     elif "context_items" in columns:

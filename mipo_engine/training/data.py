@@ -35,7 +35,7 @@ from mipo_engine.artifacts.schemas import (
     Column,
     validate_frame,
 )
-from mipo_engine.artifacts.store import read_artifact
+from mipo_engine.artifacts.store import parquet_columns, read_artifact
 from mipo_engine.chat import Message
 from mipo_engine.errors import ConfigError, InputError
 from mipo_engine.tokenization import EncodedPair, encode_pair
@@ -88,12 +88,7 @@ def read_pairs(
         InputError: naming the file, the 1-based row and the column at fault.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", file=path)
-    try:
-        columns = pl.read_parquet_schema(path)
-    except Exception as error:  # polars raises several types for corrupt files
-        raise InputError(f"not a readable Parquet file ({error})", file=path) from None
+    columns = parquet_columns(path)
     if "chosen_input" in columns:
         return _pairs_from_generations(read_artifact(path, GENERATIONS))
     frame = pl.read_parquet(path)
