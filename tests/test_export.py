@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli import app
+from mipo_engine.artifacts.preferences import read_preferences
 from mipo_engine.artifacts.schemas import GENERATIONS, JUDGMENTS, SCORES
 from mipo_engine.artifacts.store import is_complete, read_manifest, write_artifact
 from mipo_engine.chat import build_messages
@@ -25,7 +26,6 @@ from mipo_engine.stages.export import (
     assign_splits,
     judge_margins,
     parse_splits,
-    read_preferences,
     run_export,
     synthetic_generations,
     user_turn,

@@ -270,7 +270,7 @@ def build_folder(config: PublishConfig, frame: pl.DataFrame, folder: Path) -> Hu
 
 def _read_exported(path: Path) -> pl.DataFrame:
     """The rows of a preferences artifact, refusing files that ``mipo export`` did not write."""
-    from mipo_engine.stages.export import read_preferences
+    from mipo_engine.artifacts.preferences import read_preferences
 
     if not is_complete(path):
         raise InputError(

@@ -33,11 +33,11 @@ from pydantic import Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from mipo_engine.artifacts.pairs import read_pairs
 from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path
 from mipo_engine.artifacts.schemas import SCORES
 from mipo_engine.backends.base import Backend, create_backend
 from mipo_engine.chat import Message, build_messages
-from mipo_engine.training.data import read_pairs
 
 console = Console(stderr=True)
 
