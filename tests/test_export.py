@@ -27,9 +27,9 @@ from mipo_engine.stages.export import (
     judge_margins,
     parse_splits,
     run_export,
-    synthetic_generations,
     user_turn,
 )
+from mipo_engine.testing import synthetic_generations
 
 runner = CliRunner()
 
