@@ -46,11 +46,8 @@ from mipo_engine.backends.base import (
 )
 from mipo_engine.chat import Message
 from mipo_engine.errors import MipoError
-from mipo_engine.judging.validation import (
-    count_sentences,
-    parse_json_object,
-    validate_user_context,
-)
+from mipo_engine.judging.constraints import count_sentences
+from mipo_engine.judging.validation import parse_json_object, validate_user_context
 from mipo_engine.sources.preferences import (
     PreferenceExample,
     SystemPreference,
@@ -377,7 +374,7 @@ def parse_user_statement(text: str) -> str:
         raise ValueError(
             f"the statement has {len(statement)} characters (at most {MAX_STATEMENT_CHARS})"
         )
-    sentences = count_sentences(statement)
+    sentences = count_sentences(statement, rule="reply")
     if sentences > MAX_STATEMENT_SENTENCES:
         raise ValueError(
             f"the statement has {sentences} sentences (at most {MAX_STATEMENT_SENTENCES})"
