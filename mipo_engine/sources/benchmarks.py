@@ -36,7 +36,7 @@ from typing import Any
 
 from mipo_engine.artifacts.schemas import first_repeat
 from mipo_engine.errors import InputError
-from mipo_engine.evaluation.extract import canonical_number
+from mipo_engine.numbers import canonical_number
 from mipo_engine.templates import render
 
 Row = dict[str, Any]
