@@ -36,7 +36,12 @@ class StageConfig(BaseModel):
         except ValidationError as error:
             first = error.errors()[0]
             key = ".".join(str(part) for part in first["loc"]) or None
-            raise ConfigError(first["msg"], key=key) from None
+            raise ConfigError(first["msg"], key=cls.option_name(key)) from None
+
+    @classmethod
+    def option_name(cls, field: str | None) -> str | None:
+        """The name users write for ``field`` (a subclass may keep an older spelling)."""
+        return field
 
 
 def derive_seed(seed: int, *parts: object) -> int:
