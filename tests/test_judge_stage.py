@@ -31,14 +31,10 @@ from mipo_engine.artifacts.schemas import CONTEXTS as CONTEXTS_SCHEMA
 from mipo_engine.artifacts.schemas import GENERATIONS, JUDGMENTS, RESPONSES, RUBRIC_FIELDS, RUBRICS
 from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifest
 from mipo_engine.errors import ConfigError
-from mipo_engine.stages.judge import (
-    JudgeConfig,
-    aggregate_judgments,
-    context_items,
-    run_judge,
-    summary_path,
-)
-from mipo_engine.stages.rubrics import rubric_id
+from mipo_engine.judging.rubric_writing import rubric_id
+from mipo_engine.judging.summary import aggregate_judgments, summary_path
+from mipo_engine.judging.targets import context_items
+from mipo_engine.stages.judge import JudgeConfig, run_judge
 
 TESTS_DIR = Path(__file__).resolve().parent
 WARM = "Use a warm tone."

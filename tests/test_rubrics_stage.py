@@ -17,14 +17,9 @@ from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifes
 from mipo_engine.errors import InputError
 from mipo_engine.judging.constraints import constraint_type
 from mipo_engine.judging.rubric_sets import load_rubric_set
+from mipo_engine.judging.rubric_writing import RubricsFailed, read_preference_items, rubric_id
 from mipo_engine.stages.ingest import IngestConfig, run_ingest
-from mipo_engine.stages.rubrics import (
-    RubricsConfig,
-    RubricsFailed,
-    read_preference_items,
-    rubric_id,
-    run_rubrics,
-)
+from mipo_engine.stages.rubrics import RubricsConfig, run_rubrics
 
 WARM = "Use a warm tone."
 EXAMPLES = "Give one concrete example."

@@ -767,7 +767,7 @@ def _kept_ids(artifact: Artifact | None, problems: list[str]) -> set[str] | None
 def _judge_scores(artifacts: list[Artifact], problems: list[str]) -> dict[tuple[str, str], float]:
     """Aggregated judge score per (pair id, role), from judgments of the generations."""
     from mipo_engine.artifacts.schemas import JUDGMENTS
-    from mipo_engine.stages.judge import aggregate_judgments
+    from mipo_engine.judging.summary import aggregate_judgments
 
     found: dict[tuple[str, str], float] = {}
     for artifact in artifacts:
