@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli import app
+from mipo_engine import filters
 from mipo_engine.artifacts.preferences import read_preferences
 from mipo_engine.artifacts.schemas import GENERATIONS, JUDGMENTS, SCORES
 from mipo_engine.artifacts.store import is_complete, read_manifest, write_artifact
 from mipo_engine.chat import build_messages
 from mipo_engine.errors import ConfigError, InputError
-from mipo_engine.stages import filters
 from mipo_engine.stages.export import (
     EmptyExport,
     ExportConfig,

@@ -21,16 +21,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field, field_validator, model_validator
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import fingerprint
-from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path, derive_seed
+from mipo_engine.artifacts.run import StageRun, check_output_path, derive_seed
 from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import is_complete, write_json_atomic
 from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig, create_backend
@@ -61,17 +60,18 @@ from mipo_engine.evaluation.tasks import (
     letter_continuations,
     load_items,
 )
+from mipo_engine.modelcalls.running import run_chunks
+from mipo_engine.modelcalls.settings import LocalBackendName, ModelCallConfig
 from mipo_engine.sources.benchmarks import EVAL_STOP_SEQUENCES, choice_labels, eval_prompt
 from mipo_engine.sources.ifeval import read_responses
 
 console = Console(stderr=True)
 
-BackendName = Literal["hf", "vllm"]
 JudgeBackendName = Literal["hf", "vllm", "openai"]
 JudgeMode = Literal["rubric", "rlaif", "verify"]
 
 
-class EvalConfig(StageConfig):
+class EvalConfig(ModelCallConfig):
     """Settings of ``mipo eval``; ``None`` numbers take the task's default."""
 
     task: str
@@ -87,7 +87,7 @@ class EvalConfig(StageConfig):
     default (the pinned Hub copy for benchmarks, the bundled prompts for IFEval)."""
     limit: int | None = Field(None, ge=1)
     """Evaluate a fixed random subset of this many items (seed ``seed``)."""
-    backend: BackendName = "hf"
+    backend: LocalBackendName = "hf"
     seed: int = 0
     """Seeds the subset (``--limit``) and, per response, sampling."""
     max_new_tokens: int | None = Field(None, ge=1)
@@ -95,8 +95,7 @@ class EvalConfig(StageConfig):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     samples: int = Field(1, ge=1, le=64)
     """Responses per prompt (personalization only): diversity within a prompt."""
-    batch_size: int = Field(8, ge=1)
-    chunk_items: int = Field(32, ge=1)
+    chunk_size: int = Field(32, ge=1)
     """Responses per saved chunk: the unit of resume after a crash."""
     reference: Path | None = None
     """A previous personalization eval: judge both and report the win rate against it."""
@@ -163,9 +162,7 @@ class EvalConfig(StageConfig):
             },
         )
 
-    def identity(self) -> dict[str, object]:
-        """Settings that change the artifact (batching and chunking do not)."""
-        return self.model_dump(mode="json", exclude={"batch_size", "chunk_items", "out"})
+    chunk_key: ClassVar[str] = "chunk_items"
 
 
 @dataclass(frozen=True)
@@ -484,22 +481,18 @@ def _generate_all(
         console.print(f"Resuming: {len(done)} of {len(units)} responses already evaluated.")
     if not todo:
         return 0
-    with (
-        _open_backends(config, policy, base) as backends,
-        Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        ) as progress,
-    ):
-        bar = progress.add_task(f"eval {config.task}", total=len(units), completed=len(done))
-        for start in range(0, len(todo), config.chunk_items):
-            chunk = todo[start : start + config.chunk_items]
-            rows = _evaluate_chunk(backends, chunk, config)
-            journal.append(pl.DataFrame(rows, schema=EVAL.polars_schema()))
-            progress.advance(bar, len(chunk))
+    with _open_backends(config, policy, base) as backends:
+        run_chunks(
+            todo,
+            lambda chunk: pl.DataFrame(
+                _evaluate_chunk(backends, chunk, config), schema=EVAL.polars_schema()
+            ),
+            journal,
+            chunk_size=config.chunk_size,
+            label=f"eval {config.task}",
+            total=len(units),
+            done=len(done),
+        )
     return len(todo)
 
 

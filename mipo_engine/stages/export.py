@@ -39,16 +39,18 @@ import polars as pl
 from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
+from mipo_engine import filters
 from mipo_engine.artifacts.preferences import REFERENCE_COLUMNS, validate_preferences
 from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path, derive_seed
 from mipo_engine.artifacts.schemas import (
     GENERATIONS,
+    JUDGMENTS,
     PREFERENCES,
     SCORES,
 )
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.errors import ConfigError, InputError, MipoError
-from mipo_engine.stages import filters
+from mipo_engine.judging.summary import aggregate_judgments
 from mipo_engine.templates import load_template, placeholders
 
 console = Console(stderr=True)
@@ -227,13 +229,10 @@ def judge_margins(path: Path) -> pl.DataFrame:
     """Per pair: ``judge_margin`` = judge score of the chosen response - of the rejected one.
 
     Reads a ``judgments`` artifact from ``mipo judge`` run on the generations and aggregates
-    it with that stage's own rule (``aggregate_judgments``: mean over rubric items, null
-    item scores skipped). A pair missing either response's score gets a null margin, which
+    it with the judge's own rule (``aggregate_judgments``: mean over rubric items, null item
+    scores skipped). A pair missing either response's score gets a null margin, which
     the margin filter drops.
     """
-    from mipo_engine.artifacts.schemas import JUDGMENTS
-    from mipo_engine.stages.judge import aggregate_judgments
-
     per_response = aggregate_judgments(read_artifact(path, JUDGMENTS))
 
     def role_scores(role: str) -> pl.DataFrame:
