@@ -45,6 +45,9 @@ def test_each_stage_keeps_its_chunk_option_name(
     config_class: type, option: str, required: dict, default: int
 ) -> None:
     assert config_class.from_options(**required).chunk_size == default
+    # CLI options and pipeline config keys are checked against these names.
+    assert option in config_class.option_names()
+    assert "chunk_size" not in config_class.option_names()
     assert config_class.from_options(**required, **{option: 5}).chunk_size == 5
     with pytest.raises(ConfigError, match=f"config key '{option}'"):
         config_class.from_options(**required, **{option: 0})

@@ -43,6 +43,11 @@ class StageConfig(BaseModel):
         """The name users write for ``field`` (a subclass may keep an older spelling)."""
         return field
 
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """Every setting users may give (CLI options, config keys), by the names they write."""
+        return {name for field in cls.model_fields if (name := cls.option_name(field))}
+
 
 def derive_seed(seed: int, *parts: object) -> int:
     """A 31-bit seed from the global seed and a row key: stable across runs and machines."""
