@@ -467,7 +467,8 @@ def export(job: dict[str, Any]) -> dict[str, Any]:
     """``mipo export`` (default filters) of ``pairs`` synthetic generations to TRL format."""
     from mipo_engine.artifacts.schemas import GENERATIONS
     from mipo_engine.artifacts.store import write_artifact
-    from mipo_engine.stages.export import ExportConfig, run_export, synthetic_generations
+    from mipo_engine.stages.export import ExportConfig, run_export
+    from mipo_engine.testing import synthetic_generations
 
     workdir = Path(job["workdir"])
     generations = workdir / "generations.parquet"

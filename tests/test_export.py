@@ -14,23 +14,22 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli import app
-from mipo_engine.artifacts.schemas import GENERATIONS, SCORES
+from mipo_engine import filters
+from mipo_engine.artifacts.preferences import read_preferences
+from mipo_engine.artifacts.schemas import GENERATIONS, JUDGMENTS, SCORES
 from mipo_engine.artifacts.store import is_complete, read_manifest, write_artifact
 from mipo_engine.chat import build_messages
 from mipo_engine.errors import ConfigError, InputError
-from mipo_engine.stages import filters
 from mipo_engine.stages.export import (
     EmptyExport,
     ExportConfig,
     assign_splits,
     judge_margins,
     parse_splits,
-    read_preferences,
     run_export,
-    synthetic_generations,
     user_turn,
 )
-from mipo_engine.stages.judge import JUDGMENTS
+from mipo_engine.testing import synthetic_generations
 
 runner = CliRunner()
 

@@ -30,10 +30,12 @@ from helpers.browser import INSTALL_HINT, find_chromium, image_stats, screenshot
 from scripted_backend import ScriptedBackend
 from typer.testing import CliRunner
 
+from mipo_engine.artifacts.run import StageRun
+from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import write_json_atomic
 from mipo_engine.backends.base import ScoreResult
 from mipo_engine.errors import ConfigError, InputError
-from mipo_engine.evaluation.results import EVAL, summarize, summary_path
+from mipo_engine.evaluation.results import summarize, summary_path
 from mipo_engine.report import REPORT_FILE, collect_run, write_report
 from mipo_engine.report import collect as collect_module
 from mipo_engine.report.collect import read_metrics_records
@@ -42,7 +44,6 @@ from mipo_engine.report.formatting import fmt_interval, fmt_seconds, interval_ce
 from mipo_engine.report.html import SECTION_TITLES
 from mipo_engine.report.pairs import distinct_n
 from mipo_engine.report.sections import displacement_verdict
-from mipo_engine.stages.common import StageRun
 from mipo_engine.stages.export import ExportConfig, run_export
 from mipo_engine.stages.generate import GenerateConfig, run_generate
 from mipo_engine.stages.ingest import IngestConfig, run_ingest

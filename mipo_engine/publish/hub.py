@@ -29,10 +29,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from mipo_engine.artifacts.manifest import looks_like_secret, redact
+from mipo_engine.artifacts.run import StageConfig
 from mipo_engine.artifacts.store import atomic_path, is_complete, read_manifest
 from mipo_engine.errors import BackendError, InputError
 from mipo_engine.publish.folder import HubFolder
-from mipo_engine.stages.common import StageConfig
 
 console = Console(stderr=True)
 
@@ -262,7 +262,7 @@ def build_folder(config: PublishConfig, frame: pl.DataFrame, folder: Path) -> Hu
 
 def _read_exported(path: Path) -> pl.DataFrame:
     """The rows of a preferences artifact, refusing files that ``mipo export`` did not write."""
-    from mipo_engine.stages.export import read_preferences
+    from mipo_engine.artifacts.preferences import read_preferences
 
     if not is_complete(path):
         raise InputError(

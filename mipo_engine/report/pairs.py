@@ -162,7 +162,8 @@ def judge_scores_by_pair(
     artifacts: list[Artifact], problems: list[str]
 ) -> dict[tuple[str, str], float]:
     """Aggregated judge score per (pair id, role), from judgments of the generations."""
-    from mipo_engine.stages.judge import JUDGMENTS, aggregate_judgments
+    from mipo_engine.artifacts.schemas import JUDGMENTS
+    from mipo_engine.judging.summary import aggregate_judgments
 
     found: dict[tuple[str, str], float] = {}
     for artifact in artifacts:

@@ -21,15 +21,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field, field_validator, model_validator
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import fingerprint
+from mipo_engine.artifacts.run import StageRun, check_output_path, derive_seed
+from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import is_complete, write_json_atomic
 from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig
 from mipo_engine.backends.registry import (
@@ -50,7 +51,7 @@ from mipo_engine.evaluation.raw import (
     continuation_logprobs,
     with_bos,
 )
-from mipo_engine.evaluation.results import EVAL, summarize, summary_path
+from mipo_engine.evaluation.results import summarize, summary_path
 from mipo_engine.evaluation.stats import answer_entropy, letter_probabilities
 from mipo_engine.evaluation.tasks import (
     EVAL_TASKS,
@@ -65,9 +66,10 @@ from mipo_engine.evaluation.tasks import (
     letter_continuations,
     load_items,
 )
+from mipo_engine.modelcalls.running import run_chunks
+from mipo_engine.modelcalls.settings import LocalBackendName, ModelCallConfig
 from mipo_engine.sources.benchmarks import EVAL_STOP_SEQUENCES, choice_labels, eval_prompt
 from mipo_engine.sources.ifeval import read_responses
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
 
 console = Console(stderr=True)
 
@@ -76,7 +78,7 @@ JudgeBackendName = BackendChoice
 JudgeMode = Literal["rubric", "rlaif", "verify"]
 
 
-class EvalConfig(StageConfig):
+class EvalConfig(ModelCallConfig):
     """Settings of ``mipo eval``; ``None`` numbers take the task's default."""
 
     task: str
@@ -92,7 +94,7 @@ class EvalConfig(StageConfig):
     default (the pinned Hub copy for benchmarks, the bundled prompts for IFEval)."""
     limit: int | None = Field(None, ge=1)
     """Evaluate a fixed random subset of this many items (seed ``seed``)."""
-    backend: BackendName = "hf"
+    backend: LocalBackendName = "hf"
     seed: int = 0
     """Seeds the subset (``--limit``) and, per response, sampling."""
     max_new_tokens: int | None = Field(None, ge=1)
@@ -100,8 +102,7 @@ class EvalConfig(StageConfig):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     samples: int = Field(1, ge=1, le=64)
     """Responses per prompt (personalization only): diversity within a prompt."""
-    batch_size: int = Field(8, ge=1)
-    chunk_items: int = Field(32, ge=1)
+    chunk_size: int = Field(32, ge=1)
     """Responses per saved chunk: the unit of resume after a crash."""
     reference: Path | None = None
     """A previous personalization eval: judge both and report the win rate against it."""
@@ -168,9 +169,7 @@ class EvalConfig(StageConfig):
             },
         )
 
-    def identity(self) -> dict[str, object]:
-        """Settings that change the artifact (batching and chunking do not)."""
-        return self.model_dump(mode="json", exclude={"batch_size", "chunk_items", "out"})
+    chunk_key: ClassVar[str] = "chunk_items"
 
 
 @dataclass(frozen=True)
@@ -489,22 +488,18 @@ def _generate_all(
         console.print(f"Resuming: {len(done)} of {len(units)} responses already evaluated.")
     if not todo:
         return 0
-    with (
-        _open_backends(config, policy, base) as backends,
-        Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        ) as progress,
-    ):
-        bar = progress.add_task(f"eval {config.task}", total=len(units), completed=len(done))
-        for start in range(0, len(todo), config.chunk_items):
-            chunk = todo[start : start + config.chunk_items]
-            rows = _evaluate_chunk(backends, chunk, config)
-            journal.append(pl.DataFrame(rows, schema=EVAL.polars_schema()))
-            progress.advance(bar, len(chunk))
+    with _open_backends(config, policy, base) as backends:
+        run_chunks(
+            todo,
+            lambda chunk: pl.DataFrame(
+                _evaluate_chunk(backends, chunk, config), schema=EVAL.polars_schema()
+            ),
+            journal,
+            chunk_size=config.chunk_size,
+            label=f"eval {config.task}",
+            total=len(units),
+            done=len(done),
+        )
     return len(todo)
 
 

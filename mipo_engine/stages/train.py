@@ -33,18 +33,12 @@ from pydantic import Field
 from rich.console import Console
 
 from mipo_engine.artifacts.manifest import describe_inputs, fingerprint, now_iso, redact
+from mipo_engine.artifacts.pairs import attach_scores, has_reference, read_pairs
+from mipo_engine.artifacts.run import StageConfig, StageRun
 from mipo_engine.artifacts.schemas import SCORES
 from mipo_engine.artifacts.store import write_json_atomic
 from mipo_engine.errors import ConfigError
-from mipo_engine.stages.common import StageConfig, StageRun
-from mipo_engine.training.data import (
-    PairCollator,
-    PairDataset,
-    attach_scores,
-    encode_examples,
-    has_reference,
-    read_pairs,
-)
+from mipo_engine.training.data import PairCollator, PairDataset, encode_examples
 from mipo_engine.training.tracking import (
     attach_run_config,
     check_report_to,

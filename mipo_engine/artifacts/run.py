@@ -1,4 +1,5 @@
-"""What every stage shares: settings validation, seeds, input description, output writing."""
+"""The stage run kernel every stage shares: settings validation, seeds, input description,
+the row journal and output writing (artifact plus manifest)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,17 @@ class StageConfig(BaseModel):
         except ValidationError as error:
             first = error.errors()[0]
             key = ".".join(str(part) for part in first["loc"]) or None
-            raise ConfigError(first["msg"], key=key) from None
+            raise ConfigError(first["msg"], key=cls.option_name(key)) from None
+
+    @classmethod
+    def option_name(cls, field: str | None) -> str | None:
+        """The name users write for ``field`` (a subclass may keep an older spelling)."""
+        return field
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """Every setting users may give (CLI options, config keys), by the names they write."""
+        return {name for field in cls.model_fields if (name := cls.option_name(field))}
 
 
 def derive_seed(seed: int, *parts: object) -> int:
