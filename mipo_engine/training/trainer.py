@@ -44,13 +44,8 @@ from mipo_engine.training.data import (
     PairDataset,
 )
 from mipo_engine.training.logps import _causal_lm_parts, summed_token_logps
-from mipo_engine.training.losses import (
-    LOSSES,
-    dpo_pg_gradients,
-    get_loss,
-    loss_needs_reference,
-    preference_metrics,
-)
+from mipo_engine.training.loss_registry import LOSSES, get_loss, loss_needs_reference
+from mipo_engine.training.losses import dpo_pg_gradients, preference_metrics
 from mipo_engine.training.metrics import MetricAccumulator
 from mipo_engine.training.priors import get_prior
 
@@ -178,7 +173,7 @@ class LossSettings:
     @property
     def projected_gradient(self) -> bool:
         """DPO-PG: the update is a gradient rule, not the gradient of the logged loss."""
-        return LOSSES[self.loss].gradient_rule is not None
+        return LOSSES[self.loss].projected_gradient
 
     def describe(self) -> dict[str, Any]:
         spec = LOSSES[self.loss]
