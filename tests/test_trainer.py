@@ -19,6 +19,7 @@ import torch
 
 from mipo_engine.chat import build_messages, render_chat
 from mipo_engine.errors import ConfigError
+from mipo_engine.modeling.policy import policy_sequence_logps, response_kl
 from mipo_engine.stages.score import ScoreConfig, run_score
 from mipo_engine.stages.train import TrainConfig, run_train
 from mipo_engine.tokenization import EncodedPair
@@ -30,13 +31,9 @@ from mipo_engine.training.data import (
     read_pairs,
 )
 from mipo_engine.training.logps import full_logits_sequence_logps
+from mipo_engine.training.loss_settings import LossSettings
 from mipo_engine.training.priors import sequence_kl
-from mipo_engine.training.trainer import (
-    LossSettings,
-    PreferenceTrainer,
-    policy_sequence_logps,
-    response_kl,
-)
+from mipo_engine.training.trainer import PreferenceTrainer
 
 REQUESTS = [
     "What is the capital of France?",

@@ -36,6 +36,7 @@ from mipo_engine.artifacts.manifest import describe_inputs, fingerprint, now_iso
 from mipo_engine.artifacts.schemas import SCORES
 from mipo_engine.artifacts.store import write_json_atomic
 from mipo_engine.errors import ConfigError
+from mipo_engine.modeling.policy import supports_packing
 from mipo_engine.stages.common import StageConfig, StageRun
 from mipo_engine.training.data import (
     PairCollator,
@@ -45,12 +46,12 @@ from mipo_engine.training.data import (
     has_reference,
     read_pairs,
 )
+from mipo_engine.training.loss_settings import LossSettings
 from mipo_engine.training.tracking import (
     attach_run_config,
     check_report_to,
     trainer_report_to,
 )
-from mipo_engine.training.trainer import LossSettings, supports_packing
 
 console = Console(stderr=True, soft_wrap=True)  # paths stay on one line
 
@@ -403,7 +404,7 @@ def reference_scores(
     multi-process launch the first process computes and writes them (``args``, the run's
     ``TrainingArguments``, knows the ranks); the others then read its file.
     """
-    from mipo_engine.training.trainer import compute_reference_scores
+    from mipo_engine.training.reference import compute_reference_scores
 
     output = config.output_dir / REFERENCE_FILE
     identity = {
