@@ -372,7 +372,7 @@ def test_dpo_pg_sets_the_projected_gradient(
     preferences_file: Path, scores_file: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """Seed 002 Def. H.1: grad = g_w - max(0, g_w . g_l) / |g_l|^2 g_l, g = grad of the batch NLL."""
-    from mipo_engine.stages.train import training_arguments
+    from mipo_engine.training.arguments import training_arguments
     from mipo_engine.training.data import attach_scores
 
     model, tokenizer = _load(tiny_model_dir)

@@ -31,9 +31,9 @@ from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.errors import MipoError
 
 TRAIN_MANIFEST_FILE = "train_manifest.json"
-"""The training folder's manifest (``mipo_engine.stages.train.MANIFEST_FILE``)."""
+"""The training folder's manifest (``mipo_engine.training.checkpoints.MANIFEST_FILE``)."""
 METRICS_FILE = "metrics.jsonl"
-"""Per-step training metrics (``mipo_engine.stages.train.METRICS_FILE``)."""
+"""Per-step training metrics (``mipo_engine.training.checkpoints.METRICS_FILE``)."""
 STAGE_ORDER = (
     "ingest",
     "contexts",

@@ -7,6 +7,7 @@ first update IS the reference, so no second copy is ever held.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -83,3 +84,38 @@ def compute_reference_scores(
         },
         schema=SCORES.polars_schema(),
     )
+
+
+def reference_scores_once(
+    run: Any,
+    config: Any,
+    model: Any,
+    pairs: pl.DataFrame,
+    dataset: PairDataset,
+    collator: PairCollator,
+    args: Any,
+) -> Path:
+    """Reference log-probs computed once (or reused) as the scores artifact of ``run`` (the
+    stage kernel's ``StageRun``: reused when up to date, written with a manifest), batched
+    and shown as a ``TrainConfig`` says (``per_device_batch_size``, ``show_progress``).
+
+    Runs before the first optimizer update (and before a checkpoint is loaded), so for a full
+    fine-tune the model is still the reference; with LoRA the adapters are disabled. Under a
+    multi-process launch the first process computes and writes them (``args``, the run's
+    ``TrainingArguments``, knows the ranks); the others then read its file.
+    """
+    with args.main_process_first(local=False, desc="reference log-probs"):
+        if run.up_to_date():
+            console.print(f"Reusing reference log-probs from {run.output}.", soft_wrap=True)
+            return run.output
+        frame = compute_reference_scores(
+            model,
+            dataset,
+            collator,
+            pairs["id"].to_list(),
+            batch_size=config.per_device_batch_size,
+            show_progress=config.show_progress,
+        )
+        if args.process_index == 0:
+            run.write(frame, SCORES, model=config.model or "default", backend="hf")
+    return run.output
