@@ -168,6 +168,22 @@ def test_lora_run_writes_metrics_final_adapter_and_plot(
     assert (out / "logps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((out / "train_manifest.json").read_text())
     assert manifest["loss"]["loss"] == "mio" and manifest["stats"]["global_step"] == 4
+    assert set(manifest) == {
+        "stage", "package_version", "config", "fingerprint", "inputs", "model", "model_path",
+        "learning_rate", "lora", "stats", "outputs", "started_at", "finished_at", "loss",
+        "reference_scores", "pairs",
+    }  # fmt: skip
+    assert set(manifest["stats"]) == {
+        "global_step", "train_runtime_s", "peak_rss_mib", "last_logged", "input_tokens_seen",
+        "tokens_per_second",
+    }  # fmt: skip
+    assert manifest["outputs"] == {
+        "final": str(out / "final"),
+        "metrics": str(out / "metrics.jsonl"),
+        "plot": str(out / "logps.png"),
+    }
+    assert manifest["lora"] == {"r": 4, "alpha": 8} and manifest["stage"] == "train"
+    assert manifest["reference_scores"] == str(out / "reference_scores.parquet")
 
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
