@@ -54,7 +54,7 @@ class PairLogps:
 
 
 class PreferenceTrainer(Trainer):
-    """``transformers.Trainer`` for the loss family of ``losses.LOSSES``.
+    """``transformers.Trainer`` for the loss family of ``loss_registry.LOSSES``.
 
     Batches come from ``PairCollator`` (chosen sequences, then rejected ones, stacked as
     padded rows or packed into shared rows; log-probs come back per sequence) and carry
