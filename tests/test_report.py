@@ -319,7 +319,7 @@ def _module_constants(module: str) -> dict[str, object]:
 
 
 def test_file_names_match_the_train_stage() -> None:
-    train = _module_constants("mipo_engine.stages.train")
+    train = _module_constants("mipo_engine.training.checkpoints")
     assert train["MANIFEST_FILE"] == collect_module.TRAIN_MANIFEST_FILE
     assert train["METRICS_FILE"] == collect_module.METRICS_FILE
 

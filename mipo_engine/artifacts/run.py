@@ -11,15 +11,22 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from mipo_engine import __version__
 from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import (
     build_manifest,
     describe_inputs,
     fingerprint,
     now_iso,
+    redact,
 )
 from mipo_engine.artifacts.schemas import ArtifactSchema
-from mipo_engine.artifacts.store import is_complete, read_manifest, write_artifact
+from mipo_engine.artifacts.store import (
+    is_complete,
+    read_manifest,
+    write_artifact,
+    write_json_atomic,
+)
 from mipo_engine.errors import ConfigError, InputError
 
 
@@ -116,6 +123,34 @@ class StageRun:
             stats=stats,
         )
         return write_artifact(frame, self.output, schema, manifest)
+
+    def write_folder_manifest(
+        self,
+        path: Path,
+        *,
+        settings: dict[str, Any],
+        model: str | None,
+        stats: dict[str, Any],
+        **fields: Any,
+    ) -> Path:
+        """The manifest of a stage whose output is a folder (``mipo train``), written last
+        and atomically: its presence marks the run complete. ``settings`` is the whole
+        configuration recorded (the fingerprint covers ``self.config`` only); ``fields`` are
+        the stage's own entries."""
+        manifest = {
+            "stage": self.stage,
+            "package_version": __version__,
+            "config": redact(settings),
+            "fingerprint": self.fingerprint,
+            "inputs": self.input_info,
+            "model": model,
+            **fields,
+            "stats": redact(stats),
+            "started_at": self.started_at,
+            "finished_at": now_iso(),
+        }
+        write_json_atomic(path, manifest)
+        return path
 
 
 def require_columns_non_empty(frame: Any, columns: list[str], file: Path) -> None:

@@ -44,7 +44,7 @@ from mipo_engine.report.pairs import (
 )
 
 TRAIN_MANIFEST_FILE = "train_manifest.json"
-"""The training folder's manifest (``mipo_engine.stages.train.MANIFEST_FILE``)."""
+"""The training folder's manifest (``mipo_engine.training.checkpoints.MANIFEST_FILE``)."""
 STAGE_ORDER = (
     "ingest",
     "contexts",
