@@ -29,6 +29,22 @@ def _dot(left: Sequence[Tensor | None], right: Sequence[Tensor | None]) -> Tenso
     return torch.stack(parts).sum() if parts else torch.zeros((), dtype=torch.float64)
 
 
+def _max_abs(parts: Sequence[Tensor | None]) -> Tensor:
+    """max |x| over every entry of ``parts`` (float64; 0 when there is none)."""
+    peaks = [
+        p.detach().abs().max().to(torch.float64).cpu() for p in parts if p is not None and p.numel()
+    ]
+    return torch.stack(peaks).max() if peaks else torch.zeros((), dtype=torch.float64)
+
+
+def _scaled(part: Tensor, scale: Tensor) -> Tensor:
+    """``part / scale`` in float32 at least (``part`` unchanged when ``scale`` is 0)."""
+    dtype = torch.promote_types(part.dtype, torch.float32)
+    if float(scale) == 0.0:
+        return part.to(dtype)
+    return part.to(dtype) / scale.to(device=part.device, dtype=dtype)
+
+
 def dpo_pg_direction(
     chosen_nll_grads: GradientVector, rejected_nll_grads: GradientVector
 ) -> Tensor | list[Tensor | None]:
@@ -72,21 +88,26 @@ def dpo_pg_direction(
                 f"dpo_pg_direction: entry {index} has shape {list(a.shape)} for y_w but "
                 f"{list(b.shape)} for y_l"
             )
-    overlap = _dot(chosen_parts, rejected_parts)
-    rejected_norm_sq = _dot(rejected_parts, rejected_parts)
-    # Projection coefficient max(0, g_w.g_l) / |g_l|^2; zero when g_l vanishes.
-    safe_norm_sq = torch.where(rejected_norm_sq > 0, rejected_norm_sq, torch.ones_like(overlap))
+    # The projection is invariant to the scale of g_l: with u = g_l / s, s = max |g_l|,
+    # (g_w.g_l / |g_l|^2) g_l = (g_w.u / |u|^2) u. Working with u keeps |u|^2 >= 1, so a tiny
+    # g_l cannot underflow |g_l|^2 to 0 and leave its component in the direction.
+    scale = _max_abs(rejected_parts)
+    unit_parts = [None if g_l is None else _scaled(g_l, scale) for g_l in rejected_parts]
+    overlap = _dot(chosen_parts, unit_parts)
+    unit_norm_sq = _dot(unit_parts, unit_parts)
+    # Projection coefficient max(0, g_w.u) / |u|^2; zero when g_l vanishes.
+    safe_norm_sq = torch.where(unit_norm_sq > 0, unit_norm_sq, torch.ones_like(overlap))
     coefficient = torch.where(
-        rejected_norm_sq > 0, overlap.clamp(min=0) / safe_norm_sq, torch.zeros_like(overlap)
+        unit_norm_sq > 0, overlap.clamp(min=0) / safe_norm_sq, torch.zeros_like(overlap)
     )
     directions: list[Tensor | None] = []
-    for g_w, g_l in zip(chosen_parts, rejected_parts, strict=True):
-        if g_l is None:
+    for g_w, g_l, unit in zip(chosen_parts, rejected_parts, unit_parts, strict=True):
+        if g_l is None or unit is None:
             directions.append(g_w)
             continue
         # Subtract in float32 at least, so bf16 gradients stay orthogonal to g_l.
         dtype = torch.promote_types(g_l.dtype, torch.float32)
-        step = coefficient.to(device=g_l.device, dtype=dtype) * g_l.to(dtype)
+        step = coefficient.to(device=g_l.device, dtype=dtype) * unit.to(dtype)
         if g_w is None:
             directions.append((-step).to(g_l.dtype))
         else:
