@@ -45,7 +45,7 @@ def measure(layout: str, rows: int, vocab: int, hidden_size: int) -> dict[str, f
     peak resident memory above what the inputs and weight hold (MiB)."""
     import torch
 
-    from mipo_engine.training.logps import linear_token_logps
+    from mipo_engine.modeling.logps import linear_token_logps
 
     generator = torch.Generator().manual_seed(0)
     weight = (torch.randn(vocab, hidden_size, generator=generator) * 0.02).requires_grad_()

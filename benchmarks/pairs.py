@@ -15,8 +15,8 @@ from typing import Any
 import polars as pl
 
 from mipo_engine.chat import Message, build_messages
+from mipo_engine.modeling.tokenization import encode_pair
 from mipo_engine.resources import resource_dir
-from mipo_engine.tokenization import encode_pair
 
 
 @dataclass(frozen=True)

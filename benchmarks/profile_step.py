@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mipo_engine.stages.train import TrainConfig, load_policy
-    from mipo_engine.training.trainer import policy_sequence_logps
+    from mipo_engine.modeling.policy import policy_sequence_logps
+    from mipo_engine.stages.train import TrainConfig
+    from mipo_engine.training.loading import load_policy
 
     with PhaseSampler() as sampler:
         config = TrainConfig.from_options(

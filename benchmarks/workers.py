@@ -320,7 +320,7 @@ def generate_hf(job: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.pairs import chat_requests
     from mipo_engine.backends.base import GenerationRequest, SamplingConfig
     from mipo_engine.backends.hf import HFBackend, _StopOnStrings
-    from mipo_engine.tokenization import encode_prompt
+    from mipo_engine.modeling.tokenization import encode_prompt
 
     backend = HFBackend(
         job["model"], device=job["device"], batch_size=job["prompts"], show_progress=False
@@ -403,7 +403,7 @@ def generate_vllm(job: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.pairs import chat_requests
     from mipo_engine.backends.base import GenerationRequest, SamplingConfig
     from mipo_engine.backends.vllm import VLLMBackend
-    from mipo_engine.tokenization import encode_prompt
+    from mipo_engine.modeling.tokenization import encode_prompt
 
     options = {"kv_cache_gib": 0.25} if job.get("quick") else {}
     backend = VLLMBackend(job["model"], show_progress=False, enable_prefix_caching=False, **options)
@@ -467,7 +467,8 @@ def export(job: dict[str, Any]) -> dict[str, Any]:
     """``mipo export`` (default filters) of ``pairs`` synthetic generations to TRL format."""
     from mipo_engine.artifacts.schemas import GENERATIONS
     from mipo_engine.artifacts.store import write_artifact
-    from mipo_engine.stages.export import ExportConfig, run_export, synthetic_generations
+    from mipo_engine.stages.export import ExportConfig, run_export
+    from mipo_engine.testing import synthetic_generations
 
     workdir = Path(job["workdir"])
     generations = workdir / "generations.parquet"

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mipo_engine.artifacts.run import derive_seed
 from mipo_engine.artifacts.schemas import STRATEGIES
 from mipo_engine.chat import Message, build_messages
 from mipo_engine.errors import InputError
-from mipo_engine.stages.common import derive_seed
 
 NO_NEGATIVE_SOURCE = "none"
 

@@ -46,7 +46,8 @@ def conversations(row: dict) -> dict[str, list[dict[str, str]]]:
 
 
 def main() -> None:
-    from mipo_engine.backends.base import GenerationRequest, SamplingConfig, create_backend
+    from mipo_engine.backends.base import GenerationRequest, SamplingConfig
+    from mipo_engine.backends.registry import create_backend
     from mipo_engine.chat import user_turn
     from mipo_engine.evaluation.copying import RESTATE_THRESHOLD, copy_overlap
     from mipo_engine.evaluation.personalization import adherence_counts

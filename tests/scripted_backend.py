@@ -10,9 +10,9 @@ exactly which rows were asked how often::
     ...
     assert backend.calls_for("row-2") == 2
 
-``StructuredScriptedBackend`` also offers ``generate_structured(requests, sampling, choices)``
-(the vLLM backends' constrained decoding), returning the scripted reply when it is one of the
-choices and the first choice otherwise, as a choice-constrained decoder would.
+``StructuredScriptedBackend`` also honours ``SamplingConfig.structured`` (the vLLM backends'
+constrained decoding), returning the scripted reply when it is one of the choices and the
+first choice otherwise, as a choice-constrained decoder would.
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ class ScriptedBackend(Backend):
         self.stats.requests += len(requests)
         return completions
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[ScoreResult]:
+    def score(
+        self, prompts: Sequence[str], responses: Sequence[str], *, max_length: int | None = None
+    ) -> list[ScoreResult]:
         """A deterministic stand-in: -0.5 per whitespace token of the response."""
         return [
             ScoreResult(logp=-0.5 * len(response.split()), num_tokens=len(response.split()))
@@ -123,28 +125,30 @@ class ScriptedBackend(Backend):
 
 
 class StructuredScriptedBackend(ScriptedBackend):
-    """A scripted backend with constrained generation (``generate_structured``).
+    """A scripted backend with constrained generation (``supports_structured``).
 
     With ``choices`` a reply outside them becomes the first choice, as a choice-constrained
     decoder would; with ``json_schema`` the reply is returned as scripted (the schema is
     recorded in ``json_schemas``).
     """
 
+    supports_structured = True
+
     def __init__(self, reply: Script, **options: object) -> None:
         super().__init__(reply, **options)  # type: ignore[arg-type]
         self.json_schemas: list[dict] = []
 
-    def generate_structured(
-        self,
-        requests: Sequence[GenerationRequest],
-        sampling: SamplingConfig,
-        choices: Sequence[str] | None = None,
-        json_schema: dict | None = None,
+    def generate(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingConfig
     ) -> list[Completion]:
+        structured = sampling.structured
+        completions = super().generate(requests, sampling)
+        if structured is None:
+            return completions
         self.structured_calls += 1
-        if json_schema is not None:
-            self.json_schemas.append(json_schema)
-        completions = self.generate(requests, sampling)
+        if structured.json_schema is not None:
+            self.json_schemas.append(structured.json_schema)
+        choices = structured.choices
         for completion in completions:
             if choices and completion.finish_reason != "error" and completion.text not in choices:
                 completion.text = choices[0]

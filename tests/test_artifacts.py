@@ -120,9 +120,8 @@ def test_columns_added_later_read_as_null_from_older_files(tmp_path):
     """An eval file written before the copy and IFEval columns existed still loads."""
     import polars as pl
 
-    from mipo_engine.artifacts.schemas import Column, validate_frame
+    from mipo_engine.artifacts.schemas import EVAL, Column, validate_frame
     from mipo_engine.errors import InputError
-    from mipo_engine.evaluation.results import EVAL
 
     later = [c.name for c in EVAL.columns if c.added_later]
     assert {"copy_overlap", "instruction_ids", "strict_followed"} <= set(later)

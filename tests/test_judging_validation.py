@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mipo_engine.artifacts.schemas import RUBRIC_FIELDS
+from mipo_engine.judging.constraints import count_sentences
 from mipo_engine.judging.validation import (
     MAX_CONTEXT_VALUE_CHARS,
-    RUBRIC_FIELDS,
-    count_sentences,
     parse_json_object,
     validate_rubric,
     validate_user_context,
@@ -159,6 +159,36 @@ def test_bad_key_anywhere_fails_the_whole_context() -> None:
 )
 def test_count_sentences(text: str, expected: int) -> None:
     assert count_sentences(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "response_rule", "reply_rule"),
+    [
+        # Counted by hand: the response rule skips initials and "No." / "Fig." before a
+        # number; the reply rule ends a sentence at each of those periods.
+        ("See No. 5 and Fig. 2 today.", 1, 3),
+        ("Use the U.S. spelling. Ok.", 2, 3),
+        ("A.B. test", 1, 2),
+        ("Be brief. Use lists.", 2, 2),
+    ],
+)
+def test_sentence_rules_differ_only_on_initials_and_numbering(
+    text: str, response_rule: int, reply_rule: int
+) -> None:
+    assert count_sentences(text) == response_rule
+    assert count_sentences(text, rule="response") == response_rule
+    assert count_sentences(text, rule="reply") == reply_rule
+
+
+def test_context_values_are_counted_with_the_reply_rule() -> None:
+    # Two sentences by the response rule, three by the reply rule: over the limit of two.
+    with pytest.raises(ValueError, match="has 3 sentences"):
+        validate_user_context({"spelling": "Use the U.S. spelling. Be brief."})
+
+
+def test_unknown_sentence_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown sentence rule"):
+        count_sentences("One.", rule="other")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from mipo_engine.backends.hf import group_by_prompt, shared_prompt_batches
-from mipo_engine.tokenization import EncodedPair
-from mipo_engine.training.logps import (
+from mipo_engine.modeling.logps import (
     CPU_BLOCK_BYTES,
     TILE_BYTES,
     full_logits_sequence_logps,
@@ -22,6 +21,7 @@ from mipo_engine.training.logps import (
     shared_prompt_logps,
     tile_rows,
 )
+from mipo_engine.modeling.tokenization import EncodedPair
 
 
 def _full_logits_token_logps(

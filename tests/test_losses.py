@@ -17,21 +17,23 @@ import torch
 
 from mipo_engine.errors import ConfigError
 from mipo_engine.training import losses
+from mipo_engine.training.loss_registry import (
+    LOSSES,
+    get_loss,
+    loss_needs_reference,
+    signature_defaults,
+)
 from mipo_engine.training.losses import (
     INFOPO_EXP_LINEAR_FROM,
-    LOSSES,
     dpo,
     dpo_pg_direction,
     dpo_pg_gradients,
-    get_loss,
     infonce,
     infopo,
-    loss_needs_reference,
     mi_dpo,
     mio,
     preference_metrics,
     sft,
-    signature_defaults,
     simpo,
 )
 from mipo_engine.training.priors import PRIORS, get_prior, sequence_kl

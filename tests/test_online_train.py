@@ -100,6 +100,16 @@ def test_two_grpo_steps_with_the_mi_reward_then_resume(
     manifest = json.loads((out / "train_manifest.json").read_text())
     assert manifest["method"] == "grpo" and manifest["reward"] == "mi"
     assert manifest["stats"]["global_step"] == 2
+    assert set(manifest) == {
+        "stage", "package_version", "config", "fingerprint", "inputs", "model", "model_path",
+        "learning_rate", "lora", "stats", "outputs", "started_at", "finished_at", "method",
+        "reward", "judge", "prompts",
+    }  # fmt: skip
+    assert set(manifest["stats"]) == {
+        "global_step", "train_runtime_s", "peak_rss_mib", "last_logged",
+        "judge_unparsed_this_run",
+    }  # fmt: skip
+    assert set(manifest["outputs"]) == {"final", "metrics"}
 
     # A finished run with the same settings is a no-op.
     again = runner.invoke(

@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mipo_engine.tokenization import EncodedPair
-from mipo_engine.training.data import PairCollator, PairExample, pack_sequences
-from mipo_engine.training.logps import full_logits_sequence_logps
-from mipo_engine.training.losses import dpo
-from mipo_engine.training.trainer import (
+from mipo_engine.modeling.logps import full_logits_sequence_logps
+from mipo_engine.modeling.policy import (
     batch_sequence_logps,
     response_kl,
     supports_packing,
 )
+from mipo_engine.modeling.tokenization import EncodedPair
+from mipo_engine.training.data import PairCollator, PairExample, pack_sequences
+from mipo_engine.training.losses import dpo
 
 
 def _pair(ids: list[int], start: int) -> EncodedPair:

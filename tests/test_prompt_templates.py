@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from mipo_engine.artifacts.schemas import RUBRIC_FIELDS
 from mipo_engine.judging.scores import parse_score
-from mipo_engine.judging.validation import (
-    RUBRIC_FIELDS,
-    parse_json_object,
-    validate_rubric,
-    validate_user_context,
-)
+from mipo_engine.judging.validation import parse_json_object, validate_rubric, validate_user_context
 from mipo_engine.templates import load_template, placeholders, render
 
 EXPECTED_PLACEHOLDERS = {

@@ -13,13 +13,13 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
+from mipo_engine.artifacts.preferences import read_preferences
 from mipo_engine.artifacts.schemas import GENERATIONS
 from mipo_engine.artifacts.store import read_artifact, write_artifact
 from mipo_engine.errors import ConfigError, InputError
 from mipo_engine.publish import load_preferences
 from mipo_engine.publish.card import fenced, markdown_table, size_category
 from mipo_engine.publish.hub import PublishConfig
-from mipo_engine.stages.export import read_preferences
 
 runner = CliRunner()
 PLANTED_TOKEN = "hf_plantedTOKENvalue0123456789abcdefXYZ"

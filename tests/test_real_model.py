@@ -86,8 +86,8 @@ def test_shared_prompt_scoring_matches_whole_sequences_on_gemma():
 
     from mipo_engine.backends.hf import HFBackend, pad_pairs
     from mipo_engine.chat import render_chat
-    from mipo_engine.tokenization import encode_pair
-    from mipo_engine.training.logps import sequence_logps
+    from mipo_engine.modeling.logps import sequence_logps
+    from mipo_engine.modeling.tokenization import encode_pair
 
     backend = HFBackend("gemma-3-270m", device="cpu", batch_size=8, show_progress=False)
     prompts = [

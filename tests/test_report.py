@@ -30,21 +30,20 @@ from helpers.browser import INSTALL_HINT, find_chromium, image_stats, screenshot
 from scripted_backend import ScriptedBackend
 from typer.testing import CliRunner
 
+from mipo_engine.artifacts.run import StageRun
+from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import write_json_atomic
 from mipo_engine.backends.base import ScoreResult
 from mipo_engine.errors import ConfigError, InputError
-from mipo_engine.evaluation.results import EVAL, summarize, summary_path
+from mipo_engine.evaluation.results import summarize, summary_path
 from mipo_engine.report import REPORT_FILE, collect_run, write_report
 from mipo_engine.report import collect as collect_module
-from mipo_engine.report.collect import TrainingData, distinct_n, read_metrics_records
-from mipo_engine.report.html import (
-    SECTION_TITLES,
-    displacement_verdict,
-    fmt_interval,
-    fmt_seconds,
-    interval_cell,
-)
-from mipo_engine.stages.common import StageRun
+from mipo_engine.report.collect import read_metrics_records
+from mipo_engine.report.data import TrainingData
+from mipo_engine.report.formatting import fmt_interval, fmt_seconds, interval_cell
+from mipo_engine.report.html import SECTION_TITLES
+from mipo_engine.report.pairs import distinct_n
+from mipo_engine.report.sections import displacement_verdict
 from mipo_engine.stages.export import ExportConfig, run_export
 from mipo_engine.stages.generate import GenerateConfig, run_generate
 from mipo_engine.stages.ingest import IngestConfig, run_ingest
@@ -89,7 +88,7 @@ def reply(text: str, call: int) -> str:
 class PromptAwareScorer(ScriptedBackend):
     """Log-probs that depend on the conditioning, so PMI varies from pair to pair."""
 
-    def score(self, prompts, responses):  # type: ignore[no-untyped-def]
+    def score(self, prompts, responses, *, max_length=None):  # type: ignore[no-untyped-def]
         return [
             ScoreResult(logp=-0.5 * len(r.split()) + 0.01 * len(p), num_tokens=len(r.split()))
             for p, r in zip(prompts, responses, strict=True)
@@ -320,7 +319,7 @@ def _module_constants(module: str) -> dict[str, object]:
 
 
 def test_file_names_match_the_train_stage() -> None:
-    train = _module_constants("mipo_engine.stages.train")
+    train = _module_constants("mipo_engine.training.checkpoints")
     assert train["MANIFEST_FILE"] == collect_module.TRAIN_MANIFEST_FILE
     assert train["METRICS_FILE"] == collect_module.METRICS_FILE
 

@@ -11,22 +11,15 @@ from scripted_backend import Interrupted, ScriptedBackend, StructuredScriptedBac
 from typer.testing import CliRunner
 
 from cli import app
-from mipo_engine.artifacts.schemas import PROMPTS
+from mipo_engine.artifacts.run import derive_seed
+from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS, RUBRICS
 from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifest
 from mipo_engine.errors import InputError
 from mipo_engine.judging.constraints import constraint_type
 from mipo_engine.judging.rubric_sets import load_rubric_set
-from mipo_engine.stages.common import derive_seed
-from mipo_engine.stages.contexts import CONTEXTS
+from mipo_engine.judging.rubric_writing import RubricsFailed, read_preference_items, rubric_id
 from mipo_engine.stages.ingest import IngestConfig, run_ingest
-from mipo_engine.stages.rubrics import (
-    RUBRICS,
-    RubricsConfig,
-    RubricsFailed,
-    read_preference_items,
-    rubric_id,
-    run_rubrics,
-)
+from mipo_engine.stages.rubrics import RubricsConfig, run_rubrics
 
 WARM = "Use a warm tone."
 EXAMPLES = "Give one concrete example."

@@ -17,26 +17,23 @@ import polars as pl
 import pytest
 import torch
 
+from mipo_engine.artifacts.pairs import read_pairs
 from mipo_engine.chat import build_messages, render_chat
 from mipo_engine.errors import ConfigError
+from mipo_engine.modeling.logps import full_logits_sequence_logps
+from mipo_engine.modeling.policy import policy_sequence_logps, response_kl
+from mipo_engine.modeling.tokenization import EncodedPair
 from mipo_engine.stages.score import ScoreConfig, run_score
 from mipo_engine.stages.train import TrainConfig, run_train
-from mipo_engine.tokenization import EncodedPair
 from mipo_engine.training.data import (
     LengthGroupedSeededSampler,
     PairCollator,
     PairDataset,
     encode_examples,
-    read_pairs,
 )
-from mipo_engine.training.logps import full_logits_sequence_logps
+from mipo_engine.training.loss_settings import LossSettings
 from mipo_engine.training.priors import sequence_kl
-from mipo_engine.training.trainer import (
-    LossSettings,
-    PreferenceTrainer,
-    policy_sequence_logps,
-    response_kl,
-)
+from mipo_engine.training.trainer import PreferenceTrainer
 
 REQUESTS = [
     "What is the capital of France?",
@@ -272,7 +269,7 @@ def test_sampler_order_depends_only_on_seed_and_epoch() -> None:
 def test_token_counts_that_disagree_with_the_scores_are_refused(
     preferences_file: Path, scores_file: Path, tiny_model_dir: Path
 ) -> None:
-    from mipo_engine.training.data import attach_scores
+    from mipo_engine.artifacts.pairs import attach_scores
 
     _, tokenizer = _load(tiny_model_dir)
     pairs = attach_scores(read_pairs(preferences_file), scores_file)
@@ -375,8 +372,8 @@ def test_dpo_pg_sets_the_projected_gradient(
     preferences_file: Path, scores_file: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """Seed 002 Def. H.1: grad = g_w - max(0, g_w . g_l) / |g_l|^2 g_l, g = grad of the batch NLL."""
-    from mipo_engine.stages.train import training_arguments
-    from mipo_engine.training.data import attach_scores
+    from mipo_engine.artifacts.pairs import attach_scores
+    from mipo_engine.training.arguments import training_arguments
 
     model, tokenizer = _load(tiny_model_dir)
     pairs = attach_scores(read_pairs(preferences_file), scores_file)

@@ -104,13 +104,37 @@ def write_artifact(
     return path
 
 
-def read_artifact(path: str | Path, schema: ArtifactSchema) -> pl.DataFrame:
-    """Read and validate a Parquet artifact; errors name the file, row and column."""
-    path = Path(path)
+def _check_exists(path: Path) -> None:
     if not path.is_file():
         raise InputError("file not found", file=path)
+
+
+def parquet_columns(path: str | Path) -> dict[str, pl.DataType]:
+    """Column names and types of a Parquet file, read without its rows.
+
+    Raises InputError naming the file when it is missing or not readable Parquet.
+    """
+    path = Path(path)
+    _check_exists(path)
     try:
-        frame = pl.read_parquet(path)
+        return dict(pl.read_parquet_schema(path))
     except Exception as error:  # polars raises several types for corrupt files
         raise InputError(f"not a readable Parquet file ({error})", file=path) from None
-    return validate_frame(frame, schema, file=path)
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """A Parquet file's rows (only ``columns`` when given), unvalidated.
+
+    Raises InputError naming the file when it is missing or not readable Parquet.
+    """
+    path = Path(path)
+    _check_exists(path)
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except Exception as error:  # polars raises several types for corrupt files
+        raise InputError(f"not a readable Parquet file ({error})", file=path) from None
+
+
+def read_artifact(path: str | Path, schema: ArtifactSchema) -> pl.DataFrame:
+    """Read and validate a Parquet artifact; errors name the file, row and column."""
+    return validate_frame(read_parquet(path), schema, file=Path(path))

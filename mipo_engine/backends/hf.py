@@ -28,9 +28,13 @@ from mipo_engine.chat import (
     render_chat,
 )
 from mipo_engine.errors import BackendError
+from mipo_engine.modeling.continuations import (
+    next_token_logprobs,
+    sequence_continuation_logprobs,
+)
+from mipo_engine.modeling.logps import attention_window, sequence_logps, shared_prompt_logps
+from mipo_engine.modeling.tokenization import encode_pair, encode_prompt
 from mipo_engine.models import resolve_model
-from mipo_engine.tokenization import encode_pair, encode_prompt
-from mipo_engine.training.logps import attention_window, sequence_logps, shared_prompt_logps
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -201,6 +205,7 @@ class HFBackend(Backend):
     """Generation and scoring with a transformers causal LM."""
 
     name = "hf"
+    supports_raw_text = True
 
     def __init__(
         self,
@@ -269,21 +274,42 @@ class HFBackend(Backend):
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingConfig
     ) -> list[Completion]:
+        self.check_sampling(sampling)
         encoded = [encode_prompt(self.tokenizer, self.render(r.messages)) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
-        results: list[Completion | None] = [None] * len(requests)
-        stop = tuple(sampling.stop) or self.default_stop()
-        with Progress(disable=not self.show_progress, transient=True) as progress:
-            task = progress.add_task("generating", total=len(requests))
+        seeds = [r.seed for r in requests]
+        return self._generate_encoded(
+            encoded, seeds, sampling, self.stop_strings(sampling), self.show_progress
+        )
+
+    def complete_raw(
+        self, texts: Sequence[str], seeds: Sequence[int], sampling: SamplingConfig
+    ) -> list[Completion]:
+        self.check_sampling(sampling)
+        encoded = [encode_prompt(self.tokenizer, text) for text in texts]
+        return self._generate_encoded(encoded, list(seeds), sampling, sampling.stop, False)
+
+    def _generate_encoded(
+        self,
+        encoded: list[list[int]],
+        seeds: list[int],
+        sampling: SamplingConfig,
+        stop: tuple[str, ...],
+        show_progress: bool,
+    ) -> list[Completion]:
+        """Completions of prompt ids, in input order, in length-sorted batches."""
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        results: list[Completion | None] = [None] * len(encoded)
+        with Progress(disable=not show_progress, transient=True) as progress:
+            task = progress.add_task("generating", total=len(encoded))
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 outputs = self._generate_batch(
-                    [encoded[i] for i in batch], [requests[i].seed for i in batch], sampling, stop
+                    [encoded[i] for i in batch], [seeds[i] for i in batch], sampling, stop
                 )
                 for index, completion in zip(batch, outputs, strict=True):
                     results[index] = completion
                 progress.advance(task, len(batch))
-        self.stats.requests += len(requests)
+        self.stats.requests += len(encoded)
         return [r for r in results if r is not None]
 
     @torch.no_grad()
@@ -392,6 +418,28 @@ class HFBackend(Backend):
                     results[index] = ScoreResult(logp=logp, num_tokens=int(count))
                 progress.advance(task, len(chunk))
         return [r for r in results if r is not None]
+
+    def continuation_logprobs(
+        self,
+        contexts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        *,
+        batch_size: int | None = None,
+    ) -> list[list[float]]:
+        """When every continuation is a single token, one forward pass per context reads
+        them all from the next-token distribution; otherwise one row per option."""
+        size = batch_size or self.batch_size
+        pad = self.tokenizer.pad_token_id
+        if all(len(option) == 1 for options in continuations for option in options):
+            candidates = [[option[0] for option in options] for options in continuations]
+            return next_token_logprobs(
+                self.model, contexts, candidates, pad_id=pad, batch_size=size
+            )
+        return sequence_continuation_logprobs(self.model, contexts, continuations, pad, size)
+
+    def resolved_settings(self) -> dict[str, object]:
+        """The dtype text is generated in (``generation_dtype`` may be ``auto``)."""
+        return {"generation_dtype": str(self.generation_dtype).removeprefix("torch.")}
 
     def close(self) -> None:
         self._networks.clear()

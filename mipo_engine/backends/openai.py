@@ -21,7 +21,6 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from pydantic import SecretStr
@@ -33,10 +32,12 @@ from mipo_engine.backends.base import (
     GenerationRequest,
     SamplingConfig,
     ScoreResult,
+    StructuredOutput,
+    check_score_inputs,
 )
 from mipo_engine.chat import DEFAULT_STOP, Message, default_chat_template, render_chat, render_plain
 from mipo_engine.errors import BackendError
-from mipo_engine.tokenization import encode_pair, encode_prompt
+from mipo_engine.modeling.tokenization import encode_pair, encode_prompt
 
 Endpoint = Literal["chat", "completions"]
 ENDPOINTS: tuple[str, ...] = ("chat", "completions")
@@ -53,26 +54,11 @@ ERROR_TEXT_LIMIT = 200
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class StructuredOutput:
-    """A constraint on the generated text: one of ``choices``, or JSON matching ``json_schema``."""
-
-    choices: list[str] | None = None
-    json_schema: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if (self.choices is None) == (self.json_schema is None):
-            raise ValueError("pass exactly one of choices= or json_schema=")
-        if self.choices is not None and (
-            not self.choices or not all(isinstance(c, str) and c for c in self.choices)
-        ):
-            raise ValueError("choices must be a non-empty list of non-empty strings")
-
-    def vllm_fields(self) -> dict[str, Any]:
-        """The request body fields vLLM's servers read (``structured_outputs``)."""
-        if self.choices is not None:
-            return {"structured_outputs": {"choice": list(self.choices)}}
-        return {"structured_outputs": {"json": self.json_schema}}
+def vllm_structured_fields(structured: StructuredOutput) -> dict[str, Any]:
+    """The request body fields vLLM's servers read for a constraint (``structured_outputs``)."""
+    if structured.choices is not None:
+        return {"structured_outputs": {"choice": list(structured.choices)}}
+    return {"structured_outputs": {"json": structured.json_schema}}
 
 
 class RequestFailure(Exception):
@@ -183,6 +169,7 @@ class OpenAIBackend(Backend):
     """Generation (and, where the server allows, scoring) through an OpenAI-compatible API."""
 
     name = "openai"
+    supports_structured = True
 
     def __init__(
         self,
@@ -320,33 +307,16 @@ class OpenAIBackend(Backend):
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingConfig
     ) -> list[Completion]:
-        return self._generate(requests, sampling, structured=None)
-
-    def generate_structured(
-        self,
-        requests: Sequence[GenerationRequest],
-        sampling: SamplingConfig,
-        choices: list[str] | None = None,
-        json_schema: dict[str, Any] | None = None,
-    ) -> list[Completion]:
-        """Like ``generate``, constrained to one of ``choices`` or to JSON matching
-        ``json_schema``. The constraint is enforced by vLLM servers (``structured_outputs``);
-        other servers get a plain request, so callers must still validate the text."""
-        structured = StructuredOutput(choices=choices, json_schema=json_schema)
-        return self._generate(requests, sampling, structured=structured)
-
-    def _generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        sampling: SamplingConfig,
-        structured: StructuredOutput | None,
-    ) -> list[Completion]:
+        """Completions from the server. ``sampling.structured`` is enforced by vLLM servers
+        (``structured_outputs``); other servers get a plain request, so callers must still
+        validate the text."""
         if not requests:
             return []
         self.served_model()
         prompts = self._prompts(requests)
-        stop = tuple(sampling.stop) or (() if structured else self.default_stop())
-        extra = structured.vllm_fields() if structured and self._server_is_vllm else None
+        stop = self.stop_strings(sampling)
+        structured = sampling.structured
+        extra = vllm_structured_fields(structured) if structured and self._server_is_vllm else None
         rows = run_sync(lambda: self._generate_all(requests, prompts, sampling, stop, extra))
         self._raise_if_all_fatal(rows)
         return [completion for completion, _ in rows]
@@ -517,11 +487,7 @@ class OpenAIBackend(Backend):
         does; OpenAI's current models do not). Raises ``BackendError`` naming the rows that
         still fail after retries.
         """
-        if len(prompts) != len(responses):
-            raise ValueError(
-                f"score needs one response per prompt, got {len(prompts)} prompts "
-                f"and {len(responses)} responses"
-            )
+        check_score_inputs(prompts, responses)
         if not prompts:
             return []
         self.served_model()

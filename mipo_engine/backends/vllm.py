@@ -27,6 +27,8 @@ from mipo_engine.backends.base import (
     GenerationRequest,
     SamplingConfig,
     ScoreResult,
+    StructuredOutput,
+    check_score_inputs,
 )
 from mipo_engine.chat import (
     DEFAULT_STOP,
@@ -36,8 +38,8 @@ from mipo_engine.chat import (
     render_chat,
 )
 from mipo_engine.errors import BackendError
+from mipo_engine.modeling.tokenization import EncodedPair, encode_pair, encode_prompt
 from mipo_engine.models import resolve_model
-from mipo_engine.tokenization import EncodedPair, encode_pair, encode_prompt
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # On CPU, vLLM's gpu_memory_utilization is a share of *system* memory that must also cover the
@@ -72,6 +74,8 @@ class VLLMBackend(Backend):
     """Generation and scoring with vLLM's offline engine."""
 
     name = "vllm"
+    supports_structured = True
+    supports_raw_text = True
 
     def __init__(
         self,
@@ -170,45 +174,16 @@ class VLLMBackend(Backend):
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingConfig
     ) -> list[Completion]:
-        stop = tuple(sampling.stop) or self.default_stop()
-        return self._generate(requests, sampling, stop, structured=None)
-
-    def generate_structured(
-        self,
-        requests: Sequence[GenerationRequest],
-        sampling: SamplingConfig,
-        choices: list[str] | None = None,
-        json_schema: dict[str, Any] | None = None,
-    ) -> list[Completion]:
-        """Like ``generate``, with the text constrained to one of ``choices`` or to JSON that
-        matches ``json_schema`` (vLLM structured outputs). The constraint ends the text, so the
-        plain template's turn markers are not used as stop strings here."""
-        if (choices is None) == (json_schema is None):
-            raise ValueError("pass exactly one of choices= or json_schema=")
-        if choices is not None and (
-            not choices or not all(isinstance(c, str) and c for c in choices)
-        ):
-            raise ValueError("choices must be a non-empty list of non-empty strings")
-        from vllm.sampling_params import StructuredOutputsParams
-
-        if choices is not None:
-            structured = StructuredOutputsParams(choice=list(choices))
-        else:
-            structured = StructuredOutputsParams(json=json_schema)
-        return self._generate(requests, sampling, tuple(sampling.stop), structured=structured)
-
-    def _generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        sampling: SamplingConfig,
-        stop: tuple[str, ...],
-        structured: Any,
-    ) -> list[Completion]:
+        """Completions of the chat requests; ``sampling.structured`` constrains the text
+        through vLLM's structured outputs (and then the plain template's turn markers are not
+        used as stop strings: the constraint ends the text)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if not requests:
             return []
+        stop = self.stop_strings(sampling)
+        structured = _structured_params(sampling.structured)
         prompts = [encode_prompt(self.tokenizer, self.render(r.messages)) for r in requests]
         results: list[Completion | None] = [None] * len(requests)
         runnable = []
@@ -241,6 +216,31 @@ class VLLMBackend(Backend):
         self.stats.requests += len(requests)
         self.stats.failures += sum(r is not None and r.finish_reason == "error" for r in results)
         return [r for r in results if r is not None]
+
+    def complete_raw(
+        self, texts: Sequence[str], seeds: Sequence[int], sampling: SamplingConfig
+    ) -> list[Completion]:
+        """All prompts, as token ids, in one ``LLM.generate`` call (vLLM keeps input order)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, t)) for t in texts]
+        structured = _structured_params(sampling.structured)
+        params = [
+            SamplingParams(
+                n=1,
+                seed=int(seed),
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                stop=list(sampling.stop) or None,
+                structured_outputs=structured,
+            )
+            for seed in seeds
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
+        self.stats.requests += len(texts)
+        return [self._completion(output.outputs[0], sampling) for output in outputs]
 
     def _completion(self, output: Any, sampling: SamplingConfig) -> Completion:
         """A ``Completion`` counted the way the hf backend counts: the text's tokens, without
@@ -276,11 +276,7 @@ class VLLMBackend(Backend):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if len(prompts) != len(responses):
-            raise ValueError(
-                f"score needs one response per prompt, got {len(prompts)} prompts "
-                f"and {len(responses)} responses"
-            )
+        check_score_inputs(prompts, responses)
         if not prompts:
             return []
         pairs = [
@@ -310,6 +306,38 @@ class VLLMBackend(Backend):
                 )
             if pair.response_start < 1:
                 raise ValueError(f"pair {row} has an empty prompt: the first token has no log-prob")
+
+    def continuation_logprobs(
+        self,
+        contexts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        *,
+        batch_size: int | None = None,
+    ) -> list[list[float]]:
+        """Prompt log-probs of ``context + continuation``, one request per option (the
+        engine batches them itself, so ``batch_size`` is not used).
+
+        vLLM returns only the top-k tokens of a generated position, which may miss a letter;
+        the log-prob of a token *in the prompt* is always returned (``prompt_logprobs=0``),
+        and prefix caching makes the shared context cheap.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, owners = [], []
+        for index, (context, options) in enumerate(zip(contexts, continuations, strict=True)):
+            for option in options:
+                prompts.append(TokensPrompt(prompt_token_ids=[*context, *option]))
+                owners.append((index, list(option)))
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
+        results: list[list[float]] = [[] for _ in contexts]
+        for (index, option), output in zip(owners, outputs, strict=True):
+            positions = output.prompt_logprobs[len(output.prompt_logprobs) - len(option) :]
+            results[index].append(
+                sum(entry[token].logprob for entry, token in zip(positions, option, strict=True))
+            )
+        return results
 
     def close(self) -> None:
         """Stop the engine's worker processes and free the model."""
@@ -380,6 +408,17 @@ def _environment(values: dict[str, str]) -> Any:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _structured_params(structured: StructuredOutput | None) -> Any:
+    """vLLM's ``StructuredOutputsParams`` for a constraint, or None."""
+    if structured is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if structured.choices is not None:
+        return StructuredOutputsParams(choice=list(structured.choices))
+    return StructuredOutputsParams(json=structured.json_schema)
 
 
 def _too_long(prompt_tokens: int, max_model_len: int) -> Completion:

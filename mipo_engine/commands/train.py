@@ -8,12 +8,11 @@ from typing import Annotated
 import typer
 
 from mipo_engine.commands.shared import call_stage, done
+from mipo_engine.training.loss_registry import LOSSES
 
-# The registry (mipo_engine.training.losses.LOSSES) imports torch; naming its entries here
-# keeps `mipo --help` fast. tests/test_train_cli.py checks this list against the registry.
-LOSS_NAMES = ("dpo", "mio", "infopo", "simpo", "mi_dpo", "infonce", "sft", "dpo_pg")
-# Likewise for the online methods and rewards (training.online.METHOD_NAMES,
-# training.rewards.REWARDS), checked by the same test.
+# The online methods and rewards (training.online.METHOD_NAMES, training.rewards.REWARDS)
+# import torch; naming them here keeps `mipo --help` fast. tests/test_train_cli.py checks
+# these lists against the registries.
 METHOD_NAMES = ("offline", "grpo", "rloo", "ppo")
 REWARD_NAMES = ("mi", "judge", "judge+mi", "verify")
 
@@ -91,7 +90,7 @@ def command(
             help="Model: a name from `mipo models`, a .gguf file, a folder or a Hub id; default: smollm2-135m-instruct."
         ),
     ] = None,
-    loss: Annotated[str, typer.Option(help=f"Loss: {', '.join(LOSS_NAMES)}.")] = "dpo",
+    loss: Annotated[str, typer.Option(help=f"Loss: {', '.join(LOSSES)}.")] = "dpo",
     beta: Annotated[
         float | None, typer.Option(help="Loss temperature; default: the paper's value.")
     ] = None,

@@ -17,9 +17,10 @@ from typing import Any
 import polars as pl
 from rich.table import Table
 
+from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import read_artifact, read_manifest, write_json_atomic
 from mipo_engine.errors import ConfigError, InputError
-from mipo_engine.evaluation.results import EVAL, interval, summarize
+from mipo_engine.evaluation.results import interval, summarize
 from mipo_engine.evaluation.tasks import get_task
 
 

@@ -8,75 +8,17 @@ plausible reading, in an order documented on each function.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from decimal import Decimal
 
-# A number as models and GSM8K write it: optional sign, optional "$", digits with optional
-# thousands separators ("1,080"), optional decimals (".5", "2.50"). The sign only counts when it
-# is not a hyphen joining two tokens ("16-3" is a subtraction, "5-year-old" a compound), so it
-# must not follow a word character or a closing bracket. Digits must not continue a word or
-# another number ("x2", "1.2.3").
-_NUMBER = re.compile(
-    r"(?:(?<![\w)\]])(?P<sign>[-−]))?"
-    r"\$?"
-    r"(?<![\w.])(?P<digits>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
-)
+from mipo_engine.numbers import canonical_number, numbers_in
 
 # A line that starts a new few-shot exemplar: anything from here on is a problem the model
 # invented after answering, and its "####" must not be read as the answer.
 _NEW_EXEMPLAR = re.compile(r"\n\s*Question:")
 
 _FINAL_MARKER = "####"
-
-
-def canonical_number(text: str | int | float) -> str | None:
-    """Canonical form of one number written on its own, or None if it is not a number.
-
-    Accepts what a gold answer or an extracted span looks like: ``"1,080"``, ``"$18.00"``,
-    ``"51.0"``, ``"-3"``, ``"50%"``, ``"7."``, ``51.0``. The canonical form has no separators,
-    no currency or percent sign, no trailing zeros after the decimal point and no ``-0``:
-    ``"1080"``, ``"18"``, ``"51"``, ``"-3"``, ``"50"``, ``"7"``.
-    """
-    if isinstance(text, bool) or not isinstance(text, str | int | float):
-        raise TypeError(f"canonical_number expects a str, int or float, got {type(text).__name__}")
-    if isinstance(text, int | float):
-        return _canonical_from_value(text)
-    cleaned = text.strip().rstrip(".").strip()
-    cleaned = cleaned.removesuffix("%").strip()
-    match = _NUMBER.fullmatch(cleaned)
-    if match is None:
-        return None
-    return _canonical_from_match(match)
-
-
-def _canonical_from_value(value: int | float) -> str | None:
-    """Canonical string of a Python number (None for NaN and infinities)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    # repr gives the shortest string that round-trips, so 0.1 stays "0.1", not 0.1000...0555.
-    return _format_decimal(Decimal(repr(value)))
-
-
-def _canonical_from_match(match: re.Match[str]) -> str:
-    """Turn a ``_NUMBER`` match into its canonical string."""
-    value = Decimal(match.group("digits").replace(",", ""))  # the pattern admits only decimals
-    return _format_decimal(-value if match.group("sign") else value)
-
-
-def _format_decimal(value: Decimal) -> str:
-    """Plain positional notation without trailing zeros: 18.00 -> "18", 0.50 -> "0.5"."""
-    if value == 0:
-        return "0"  # also folds -0 and 0.00 into one spelling
-    normalized = value.normalize()
-    # normalize() may switch to an exponent (1E+2); the "f" format writes it out again.
-    return format(normalized, "f")
-
-
-def _numbers_in(text: str) -> list[str]:
-    """Canonical forms of every number in ``text``, in order of appearance."""
-    return [_canonical_from_match(match) for match in _NUMBER.finditer(text)]
 
 
 def extract_number(text: str) -> str | None:
@@ -101,10 +43,10 @@ def extract_number(text: str) -> str | None:
     text = _NEW_EXEMPLAR.split(text, maxsplit=1)[0]
     if _FINAL_MARKER in text:
         after_marker = text.rsplit(_FINAL_MARKER, 1)[1]
-        numbers = _numbers_in(after_marker)
+        numbers = numbers_in(after_marker)
         if numbers:
             return numbers[0]
-    numbers = _numbers_in(text)
+    numbers = numbers_in(text)
     return numbers[-1] if numbers else None
 
 

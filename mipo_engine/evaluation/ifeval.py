@@ -31,17 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mipo_engine.evaluation.punkt_data import install_punkt
-
-
-def instruction_registry() -> Mapping[str, Any]:
-    """IFEval instruction id -> verifier class, from the verifier library."""
-    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
-
-    return INSTRUCTION_DICT
-
-
-def is_instruction_id(instruction_id: str) -> bool:
-    return instruction_id in instruction_registry()
+from mipo_engine.sources.ifeval import is_instruction_id
 
 
 @dataclass(frozen=True)

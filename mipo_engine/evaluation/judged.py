@@ -2,8 +2,9 @@
 
 Seed 004 sec. 5.4: a judge scores each response once per rubric item of the user's context,
 the item scores are averaged per response (App. C.2), and the result is reported as the win
-rate *including ties* against reference responses. ``mipo eval`` delegates the judging to the
-``mipo judge`` stage (``run_judge``) and keeps its files beside the eval output, so a killed
+rate *including ties* against reference responses. ``mipo eval`` judges with what the
+``mipo judge`` and ``mipo rubrics`` stages run (``judge_responses``, ``write_rubrics``), with
+the same settings and identities, and keeps their files beside the eval output, so a killed
 judge resumes like any stage:
 
 - ``E.judge-responses.parquet``: the responses to judge (a ``responses`` artifact);
@@ -20,9 +21,14 @@ from typing import Literal
 
 import polars as pl
 
+from mipo_engine.artifacts.schemas import EVAL, JUDGMENTS
 from mipo_engine.artifacts.store import read_artifact, write_parquet_atomic
 from mipo_engine.errors import InputError
-from mipo_engine.evaluation.results import EVAL
+from mipo_engine.judging.judge import judge_identity, judge_responses
+from mipo_engine.judging.rubric_writing import MAX_NEW_TOKENS as RUBRIC_MAX_NEW_TOKENS
+from mipo_engine.judging.rubric_writing import rubrics_identity, write_rubrics
+from mipo_engine.judging.summary import aggregate_judgments
+from mipo_engine.modelcalls.settings import AskingConfig
 
 JudgeMode = Literal["rubric", "rlaif", "verify"]
 
@@ -62,17 +68,20 @@ def _rubrics_file(
     batch_size: int,
 ) -> Path:
     """Rubrics for every preference item of the responses, made with the judge model."""
-    from mipo_engine.stages.rubrics import RubricsConfig, run_rubrics
-
-    config = RubricsConfig.from_options(
-        contexts=responses,
-        out=_side_file(output, "rubrics"),
+    settings = AskingConfig.from_options(
         backend=backend,
         model=model,
         base_url=base_url,
         batch_size=batch_size,
+        max_new_tokens=RUBRIC_MAX_NEW_TOKENS,
     )
-    return run_rubrics(config)
+    return write_rubrics(
+        settings,
+        contexts=responses,
+        out=_side_file(output, "rubrics"),
+        limit=None,
+        identity=rubrics_identity(settings, contexts=responses, limit=None),
+    )
 
 
 def judge_against_reference(
@@ -93,8 +102,6 @@ def judge_against_reference(
     win, seed 004 sec. 5.4), 0.0 when lower, and null when either has no score (no judged
     item, or no usable judge reply), so failures never count for or against a model.
     """
-    from mipo_engine.stages.judge import JUDGMENTS, JudgeConfig, aggregate_judgments, run_judge
-
     _check_reference(reference, frame)
     responses = _side_file(output, "judge-responses")
     write_parquet_atomic(
@@ -109,18 +116,19 @@ def judge_against_reference(
             base_url=base_url,
             batch_size=batch_size,
         )
-    config = JudgeConfig.from_options(
-        responses=responses,
-        out=_side_file(output, "judgments"),
-        rubrics=rubrics,
-        reference=reference,
-        mode=mode,
-        backend=backend,
-        model=model,
-        base_url=base_url,
-        batch_size=batch_size,
+    settings = AskingConfig.from_options(
+        backend=backend, model=model, base_url=base_url, batch_size=batch_size
     )
-    judgments = read_artifact(run_judge(config), JUDGMENTS)
+    where = {"responses": responses, "rubrics": rubrics, "reference": reference}
+    judged = judge_responses(
+        settings,
+        out=_side_file(output, "judgments"),
+        mode=mode,
+        limit=None,
+        identity=judge_identity(settings, mode=mode, limit=None, **where),
+        **where,
+    )
+    judgments = read_artifact(judged, JUDGMENTS)
     scores = aggregate_judgments(judgments)
     by_role = {
         role: dict(scores.filter(pl.col("role") == role).select("id", "score").iter_rows())

@@ -19,85 +19,11 @@ from typing import Any
 
 import polars as pl
 
-from mipo_engine.artifacts.schemas import ArtifactSchema, Column, register_schema
 from mipo_engine.evaluation.copying import RESTATE_THRESHOLD
 from mipo_engine.evaluation.personalization import diversity
 from mipo_engine.evaluation.stats import bootstrap_ci
 
 _STR, _I64, _F64, _BOOL = pl.String(), pl.Int64(), pl.Float64(), pl.Boolean()
-
-EVAL = register_schema(
-    ArtifactSchema(
-        "eval",
-        (
-            Column("id", _STR, doc="response id: the item id, plus '#k' for sample k > 0"),
-            Column("item_id", _STR, doc="id of the evaluated prompt row"),
-            Column("sample", _I64, doc="sample index for the item (0 unless --samples > 1)"),
-            Column("task", _STR, doc="eval task: gsm8k, svamp, mmlu, arc_easy, ..."),
-            Column("prompt", _STR, doc="the question or user request"),
-            Column("context", _STR, True, doc="the user context (personalization)"),
-            Column("context_items", pl.List(_STR), True, doc="the context's preference items"),
-            Column("input", _STR, doc="exact text the model was conditioned on"),
-            Column("response", _STR, doc="the model's output"),
-            Column("finish_reason", _STR, True, doc="stop or length; null for scored --responses"),
-            Column("response_tokens", _I64, True, doc="null for scored --responses"),
-            Column("seed", _I64, doc="sampling seed of this response"),
-            Column("answer", _STR, True, doc="gold answer (math, mcq)"),
-            Column("prediction", _STR, True, doc="extracted answer (math, mcq)"),
-            Column("correct", _BOOL, True, doc="prediction equals the gold answer"),
-            Column(
-                "letter_logprobs",
-                pl.List(_F64),
-                True,
-                doc="next-token log-probs of ' A', ' B', ... after 'The answer is:' (mcq)",
-            ),
-            Column("entropy", _F64, True, doc="entropy (nats) over the answer letters (mcq)"),
-            Column("verifiable_items", _I64, True, doc="checkable items in the context"),
-            Column("items_met", _I64, True, doc="checkable items the response satisfies"),
-            Column("logp_with_context", _F64, True, doc="log pi_base(y | x, c)"),
-            Column("logp_without_context", _F64, True, doc="log pi_base(y | x)"),
-            Column("pmi", _F64, True, doc="log pi_base(y | x, c) - log pi_base(y | x)"),
-            Column(
-                "copy_overlap",
-                _F64,
-                True,
-                doc="share of the user turn's word 4-grams the response repeats (personalization)",
-                added_later=True,
-            ),
-            Column("judge_score", _F64, True, doc="aggregated rubric score of the response"),
-            Column("reference_score", _F64, True, doc="same for the reference response"),
-            Column("win", _F64, True, doc="1 if judge_score >= reference_score (ties win)"),
-            Column(
-                "instruction_ids",
-                pl.List(_STR),
-                True,
-                doc="IFEval instruction ids (ifeval)",
-                added_later=True,
-            ),
-            Column(
-                "instruction_kwargs",
-                _STR,
-                True,
-                doc="their kwargs as a JSON list (ifeval)",
-                added_later=True,
-            ),
-            Column(
-                "strict_followed",
-                pl.List(_BOOL),
-                True,
-                doc="per instruction: the response as is passes its verifier (ifeval)",
-                added_later=True,
-            ),
-            Column(
-                "loose_followed",
-                pl.List(_BOOL),
-                True,
-                doc="per instruction: the response or a loose variant passes (ifeval)",
-                added_later=True,
-            ),
-        ),
-    )
-)
 
 
 def summary_path(output: str | Path) -> Path:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 IFEvalInstruction = tuple[str, dict[str, Any]]
 """An IFEval instruction id and its kwargs, e.g. ("punctuation:no_comma", {})."""
@@ -79,6 +79,9 @@ _ABBREVIATIONS = frozenset(
 )
 # Abbreviations only before a number ("No. 5", "Fig. 2"); "No. I can't." is two sentences.
 _NUMBER_ABBREVIATIONS = frozenset({"no.", "fig."})
+# The "reply" rule of count_sentences: abbreviations masked before splitting.
+_REPLY_ABBREVIATIONS = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf|approx|Mr|Mrs|Ms|Dr|St)\.", re.I)
+_REPLY_SENTENCE_BREAK = re.compile(r"[.!?]+[\"')\]]*(?:\s+|$)|\n+")
 # Characters that may trail or lead a response as markdown or quoting around its real text.
 _TRAILING_MARKUP = " \t\r\n*_\"'”’)]"
 _LEADING_MARKUP = " \t\r\n#*_>\"'“‘([-"
@@ -130,14 +133,30 @@ def _ends_with_abbreviation(piece: str, following: str) -> bool:
     return last_token in _ABBREVIATIONS or bool(_INITIALS.match(last_token))
 
 
-def count_sentences(text: str) -> int:
+SentenceRule = Literal["response", "reply"]
+
+
+def count_sentences(text: str, *, rule: SentenceRule = "response") -> int:
     """Number of sentences: split at . ! ? followed by whitespace, and at line breaks.
 
     Line breaks end a sentence because list items and headings rarely carry a final period.
-    A period after a common abbreviation (``e.g.``, ``Dr.``), initials (``U.S.``) or a
-    numbering abbreviation before its number (``No. 5``) does not end a sentence, and a
-    decimal point never does (no whitespace follows it).
+    A decimal point never ends one (no whitespace follows it). The two rules differ only in
+    which periods are not sentence ends:
+
+    - ``"response"`` (checking a response against a verifiable sentence limit): list and
+      heading marks are dropped, and a period after a common abbreviation (``e.g.``,
+      ``Dr.``), initials (``U.S.``) or a numbering abbreviation before its number (``No. 5``)
+      does not end a sentence.
+    - ``"reply"`` (checking a model's context item or user statement against its length
+      limit): only a fixed list of abbreviations (``e.g.``, ``i.e.``, ``etc.``, ``vs.``,
+      ``cf.``, ``approx.``, ``Mr.``, ``Mrs.``, ``Ms.``, ``Dr.``, ``St.``) is skipped, so
+      initials and ``No. 5`` count as sentence ends.
     """
+    if rule == "reply":
+        masked = _REPLY_ABBREVIATIONS.sub(lambda match: match.group(0).replace(".", "_"), text)
+        return len([part for part in _REPLY_SENTENCE_BREAK.split(masked) if part.strip()])
+    if rule != "response":
+        raise ValueError(f"unknown sentence rule {rule!r}; choose 'response' or 'reply'")
     total = 0
     for line in text.splitlines():
         line = _HEADING_MARKER.sub("", _LIST_MARKER.sub("", line)).strip()

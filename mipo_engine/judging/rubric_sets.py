@@ -27,8 +27,9 @@ from typing import Any
 
 import yaml
 
+from mipo_engine.artifacts.schemas import RUBRIC_FIELDS, RUBRICS
+from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.judging.constraints import CONSTRAINT_TYPES
-from mipo_engine.judging.validation import RUBRIC_FIELDS
 from mipo_engine.resources import resource_dir
 
 __all__ = ["builtin_rubric_sets", "load_rubric_set", "rubric_for_constraint"]
@@ -152,3 +153,9 @@ def rubric_for_constraint(type_name: str) -> dict[str, Any]:
         f"rubrics/verifiable.yaml has no rubric with checker {type_name!r}; add one so every "
         "constraint type can be judged"
     )
+
+
+def load_rubrics(path: Path) -> dict[str, dict[str, Any]]:
+    """Rubrics of a rubrics artifact keyed by item text (for ``mipo judge``)."""
+    frame = read_artifact(path, RUBRICS)
+    return {row["item"]: row for row in frame.iter_rows(named=True)}

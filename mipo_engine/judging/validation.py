@@ -11,6 +11,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from mipo_engine.artifacts.schemas import RUBRIC_FIELDS
+from mipo_engine.judging.constraints import count_sentences
+
 # Context extraction (seed 004 App. C.2): keys are snake_case summaries of one or two words,
 # values are instructions of at most two sentences that apply to any topic.
 _SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
@@ -20,19 +23,6 @@ MAX_CONTEXT_VALUE_CHARS = 400
 while a value that retells the conversation usually does not."""
 MAX_CONTEXT_SENTENCES = 2
 
-RUBRIC_FIELDS = (
-    "criteria",
-    "score1_description",
-    "score2_description",
-    "score3_description",
-    "score4_description",
-    "score5_description",
-)
-"""Rubric layout used throughout the project (Prometheus absolute grading: criteria + 5 levels)."""
-
-# Abbreviations whose full stop does not end a sentence.
-_ABBREVIATIONS = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf|approx|Mr|Mrs|Ms|Dr|St)\.", re.I)
-_SENTENCE_BREAK = re.compile(r"[.!?]+[\"')\]]*(?:\s+|$)|\n+")
 _CODE_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.S)
 # Limits the work on pathological replies full of "{" (each start is a full decode attempt).
 _MAX_DECODE_ATTEMPTS = 200
@@ -82,12 +72,6 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------
 
 
-def count_sentences(text: str) -> int:
-    """Number of sentences in ``text``: breaks at . ! ? (not in e.g./i.e./etc.) and newlines."""
-    masked = _ABBREVIATIONS.sub(lambda match: match.group(0).replace(".", "_"), text)
-    return len([part for part in _SENTENCE_BREAK.split(masked) if part.strip()])
-
-
 def _check_context_key(key: object) -> str:
     """A key must be a short snake_case identifier."""
     if not isinstance(key, str) or not _SNAKE_CASE.fullmatch(key):
@@ -118,7 +102,7 @@ def _check_context_value(key: str, value: object) -> str:
             f"context value for {key!r} has {len(instruction)} characters (at most "
             f"{MAX_CONTEXT_VALUE_CHARS}); keep it a short, topic-agnostic instruction"
         )
-    sentences = count_sentences(instruction)
+    sentences = count_sentences(instruction, rule="reply")
     if sentences > MAX_CONTEXT_SENTENCES:
         raise ValueError(
             f"context value for {key!r} has {sentences} sentences (at most {MAX_CONTEXT_SENTENCES})"

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mipo_engine.errors import ConfigError
-from mipo_engine.training.losses import get_loss
+from mipo_engine.training.loss_registry import get_loss
 
 __all__ = [
     "CHOSEN_RESPONSES",

@@ -71,7 +71,7 @@ def _mapping(value: Any, key: str) -> dict[str, Any]:
 
 
 def _stage_fields() -> dict[str, set[str]]:
-    return {name: set(kind.config_class().model_fields) for name, kind in STAGE_KINDS.items()}
+    return {name: kind.config_class().option_names() for name, kind in STAGE_KINDS.items()}
 
 
 def parse_pipeline(raw: Any, *, source: Path | None = None) -> PipelineConfig:

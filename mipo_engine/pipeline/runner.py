@@ -104,7 +104,7 @@ def plan_pipeline(config: PipelineConfig, *, rounds: int | None = None) -> list[
         kind = STAGE_KINDS[entry.kind]
         folder = config.run_dir if round_number == 1 else config.run_dir / f"round-{round_number}"
         output = folder / _output_name(entry, kind)
-        fields = kind.config_class().model_fields
+        fields = kind.config_class().option_names()
         options = {k: v for k, v in config.defaults.items() if k in fields}
         options.update(entry.options)
         if options.get("model") == "default":

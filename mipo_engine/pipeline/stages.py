@@ -32,6 +32,20 @@ class StageKind:
         module, name = self.run_ref.split(":")
         return getattr(importlib.import_module(module), name)
 
+    def command(self) -> Any:
+        """``mipo <name>`` as Click sees it (options and arguments, in the CLI's order).
+
+        Built from the command function in ``mipo_engine.commands.<name>``, the one ``cli.py``
+        registers, so the dataset card writes commands the CLI accepts without importing it.
+        """
+        import typer
+        import typer.main
+
+        function = importlib.import_module(f"mipo_engine.commands.{self.name}").command
+        app = typer.Typer(add_completion=False)
+        app.command(self.name)(function)
+        return typer.main.get_command(app)
+
 
 _S = "mipo_engine.stages"
 STAGE_KINDS: dict[str, StageKind] = {

@@ -32,8 +32,8 @@ def load_preferences(path_or_repo: str | Path) -> DatasetDict:
     """
     import datasets
 
+    from mipo_engine.artifacts.preferences import read_preferences
     from mipo_engine.publish.hub import REPO_ID, split_tables
-    from mipo_engine.stages.export import read_preferences
 
     path = Path(path_or_repo)
     if path.is_dir():

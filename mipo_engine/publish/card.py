@@ -16,7 +16,6 @@ import json
 import re
 import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ import polars as pl
 import yaml
 
 from mipo_engine import __version__
+from mipo_engine.artifacts.lineage import Step, find_step, locate_input, manifest_chain
 from mipo_engine.artifacts.manifest import REDACTED
-from mipo_engine.artifacts.store import is_complete, read_manifest
-from mipo_engine.publish.hub import HubFolder
+from mipo_engine.publish.folder import HubFolder
 from mipo_engine.templates import render
 
 CARD_TEMPLATE = "dataset_card.md"
@@ -89,79 +88,17 @@ def size_category(rows: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# The manifests chain
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Step:
-    """One artifact in the chain: where it is and the manifest that made it."""
-
-    path: Path
-    manifest: dict[str, Any]
-
-    @property
-    def stage(self) -> str:
-        return str(self.manifest.get("stage", "unknown"))
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return dict(self.manifest.get("config") or {})
-
-
-def _locate(recorded: str, referrer: Path) -> Path | None:
-    """An input path as recorded (relative to where that stage ran) or beside the referrer."""
-    for candidate in (Path(recorded), referrer.parent / Path(recorded).name):
-        if is_complete(candidate):
-            return candidate
-    return None
-
-
-def manifest_chain(path: Path) -> list[Step]:
-    """The artifact at ``path`` and every artifact upstream of it, inputs first.
-
-    Inputs without a manifest (a user's JSONL file, a missing artifact) end the walk there.
-    """
-    ordered: list[Step] = []
-    seen: set[Path] = set()
-
-    def visit(current: Path) -> None:
-        key = current.resolve()
-        if key in seen:
-            return
-        seen.add(key)
-        manifest = read_manifest(current)
-        for entry in manifest.get("inputs", []):
-            upstream = _locate(str(entry.get("path", "")), current)
-            if upstream is not None:
-                visit(upstream)
-        ordered.append(Step(current, manifest))
-
-    visit(path)
-    return ordered
-
-
-def find_step(chain: list[Step], stage: str) -> Step | None:
-    """The last step of ``chain`` made by ``stage`` (the one closest to the output)."""
-    return next((step for step in reversed(chain) if step.stage == stage), None)
-
-
-# --------------------------------------------------------------------------------------------
 # Commands from manifests
 # --------------------------------------------------------------------------------------------
 
 
 def _cli_parameters(stage: str) -> list[Any] | None:
-    """The click parameters of ``mipo <stage>``, or None when the CLI has no such command."""
-    try:
-        import typer.main
+    """The parameters of ``mipo <stage>`` (from the pipeline's stage registry), or None when
+    the stage has no command of its own (such as ``train-reference``)."""
+    from mipo_engine.pipeline.stages import STAGE_KINDS
 
-        from cli import app
-    except ImportError:
-        return None
-    group = typer.main.get_command(app)
-    command = getattr(group, "commands", {}).get(stage)
-    return None if command is None else list(command.params)
+    kind = STAGE_KINDS.get(stage)
+    return None if kind is None else list(kind.command().params)
 
 
 def _parameter_for(key: str, parameters: list[Any]) -> Any | None:
@@ -204,8 +141,8 @@ def _option_words(key: str, value: Any, parameter: Any | None) -> list[str]:
 def stage_command(step: Step, display: dict[str, str]) -> str:
     """The ``mipo`` command that made ``step``, from its recorded settings.
 
-    Settings are rendered against the real CLI (positional arguments, flag names such as
-    ``--keep-empty``). Paths of artifacts in the chain are shown as ``display`` maps them
+    Settings are rendered against the stage's CLI command (positional arguments, flag names
+    such as ``--keep-empty``). Paths of artifacts in the chain are shown as ``display`` maps them
     (their file names); a setting the CLI has no option for is listed in a trailing comment.
     """
     config = step.config
@@ -245,7 +182,7 @@ def reproduce_commands(preferences: Path, *, repo_id: str | None = None) -> list
         display[str(step.path)] = step.path.name
         for entry in step.manifest.get("inputs", []):
             recorded = str(entry.get("path", ""))
-            if _locate(recorded, step.path) is not None:
+            if locate_input(recorded, step.path.parent) is not None:
                 display[recorded] = Path(recorded).name
     commands = [stage_command(step, display) for step in chain]
     if repo_id is not None:

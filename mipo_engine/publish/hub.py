@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from mipo_engine.artifacts.manifest import looks_like_secret, redact
+from mipo_engine.artifacts.run import StageConfig
 from mipo_engine.artifacts.store import atomic_path, is_complete, read_manifest
 from mipo_engine.errors import BackendError, InputError
-from mipo_engine.stages.common import StageConfig
+from mipo_engine.publish.folder import HubFolder
 
 console = Console(stderr=True)
 
@@ -123,15 +124,6 @@ def shard_count(table: pa.Table, max_shard_bytes: int) -> int:
 
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{DATA_DIR}/{split}-{index:05d}-of-{count:05d}.parquet"
-
-
-@dataclass
-class HubFolder:
-    """A written Hub folder: its path, files per split and rows per split."""
-
-    path: Path
-    files: dict[str, list[str]] = field(default_factory=dict)
-    rows: dict[str, int] = field(default_factory=dict)
 
 
 def write_shards(tables: dict[str, pa.Table], folder: Path, max_shard_bytes: int) -> HubFolder:
@@ -270,7 +262,7 @@ def build_folder(config: PublishConfig, frame: pl.DataFrame, folder: Path) -> Hu
 
 def _read_exported(path: Path) -> pl.DataFrame:
     """The rows of a preferences artifact, refusing files that ``mipo export`` did not write."""
-    from mipo_engine.stages.export import read_preferences
+    from mipo_engine.artifacts.preferences import read_preferences
 
     if not is_complete(path):
         raise InputError(

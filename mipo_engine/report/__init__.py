@@ -1,6 +1,8 @@
 """``mipo report``: a run directory -> one self-contained HTML page plus its figures as PNGs.
 
-    collect (read the run into plain data) -> figures (matplotlib PNGs) -> html (render)
+    collect (read the run into ``data``; ``pairs`` for the generated pairs)
+      -> figures (matplotlib PNGs)
+      -> html (``sections`` and ``formatting`` fill ``templates/report.html.j2``)
 
 ``write_report(run_dir, out_dir)`` writes ``out_dir/index.html`` (figures embedded as data
 URIs, so the page can be mailed or attached alone) and each figure as ``out_dir/<name>.png``.
@@ -14,7 +16,8 @@ from pathlib import Path
 from mipo_engine.artifacts.manifest import now_iso
 from mipo_engine.artifacts.store import atomic_path
 from mipo_engine.errors import ConfigError, InputError
-from mipo_engine.report.collect import RunData, collect_run
+from mipo_engine.report.collect import collect_run
+from mipo_engine.report.data import RunData
 from mipo_engine.report.figures import Figure, run_figures
 from mipo_engine.report.html import render_report
 

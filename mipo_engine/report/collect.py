@@ -15,25 +15,36 @@ pipeline config and model text may not be).
 from __future__ import annotations
 
 import json
-import math
-import random
 import re
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from mipo_engine.artifacts.lineage import names_file, recorded_places
 from mipo_engine.artifacts.manifest import redact
-from mipo_engine.artifacts.schemas import GENERATIONS, SCORES, ArtifactSchema
-from mipo_engine.artifacts.store import read_artifact
+from mipo_engine.artifacts.metrics_log import METRICS_FILE, read_metrics
+from mipo_engine.artifacts.schemas import GENERATIONS, SCORES
 from mipo_engine.errors import MipoError
+from mipo_engine.report.data import (
+    Artifact,
+    EvalGroup,
+    EvalRow,
+    RunData,
+    StageRow,
+    TrainingData,
+)
+from mipo_engine.report.pairs import (
+    build_pair_stats,
+    exported_ids,
+    finite_number,
+    judge_scores_by_pair,
+    pick_samples,
+    read_frame,
+)
 
 TRAIN_MANIFEST_FILE = "train_manifest.json"
-"""The training folder's manifest (``mipo_engine.stages.train.MANIFEST_FILE``)."""
-METRICS_FILE = "metrics.jsonl"
-"""Per-step training metrics (``mipo_engine.stages.train.METRICS_FILE``)."""
+"""The training folder's manifest (``mipo_engine.training.checkpoints.MANIFEST_FILE``)."""
 STAGE_ORDER = (
     "ingest",
     "contexts",
@@ -47,149 +58,7 @@ STAGE_ORDER = (
     "eval",
 )
 """Pipeline order, for artifacts that ``state.json`` does not place."""
-MAX_DIVERSITY_TEXTS = 400
-"""Responses per side that self-BLEU is computed on (a seeded subsample beyond that)."""
-SAMPLE_TEXT_LIMIT = 1500
-"""Characters of a sample response shown before it is cut."""
 _ROUND_FOLDER = re.compile(r"^round[-_]?(\d+)$")
-
-
-# --------------------------------------------------------------------------------------------
-# The data the page is drawn from
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Artifact:
-    """One finished stage output: its manifest, and the data file it describes (if any)."""
-
-    stage: str
-    manifest_file: Path
-    manifest: dict[str, Any]
-    data_file: Path | None
-
-    @property
-    def rows(self) -> int | None:
-        rows = (self.manifest.get("output") or {}).get("rows")
-        return int(rows) if isinstance(rows, (int, float)) else None
-
-    @property
-    def started_at(self) -> str:
-        return str(self.manifest.get("started_at") or "")
-
-    @property
-    def seconds(self) -> float | None:
-        """Wall time from the manifest's timestamps (the last run of a resumed stage)."""
-        try:
-            start = datetime.fromisoformat(self.manifest["started_at"])
-            end = datetime.fromisoformat(self.manifest["finished_at"])
-        except (KeyError, TypeError, ValueError):
-            return None
-        return max((end - start).total_seconds(), 0.0)
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        return self.manifest.get("stats") or {}
-
-
-@dataclass
-class StageRow:
-    """One line of the pipeline table."""
-
-    name: str
-    stage: str
-    status: str
-    output: str
-    rows_in: int | None = None
-    rows_out: int | None = None
-    seconds: float | None = None
-    note: str = ""
-
-
-@dataclass
-class TrainingData:
-    """A training folder: the logged steps and, once finished, its manifest."""
-
-    folder: str
-    records: list[dict[str, float]]
-    manifest: dict[str, Any] | None
-
-    @property
-    def loss(self) -> dict[str, Any]:
-        return (self.manifest or {}).get("loss") or {}
-
-    def series(self, key: str) -> tuple[list[int], list[float]]:
-        """Steps and values of one metric (steps without it are skipped)."""
-        points = [(int(r["step"]), r[key]) for r in self.records if key in r and "step" in r]
-        return [p[0] for p in points], [p[1] for p in points]
-
-
-@dataclass
-class EvalRow:
-    """One eval output of a task: its summary and paired differences to the first row."""
-
-    label: str
-    model: str
-    adapter: str | None
-    summary: dict[str, Any]
-    difference: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class EvalGroup:
-    """The eval outputs of one task, the baseline (before training) first."""
-
-    task: str
-    kind: str
-    rows: list[EvalRow]
-    paired: bool
-    """True when the differences were computed item by item (``compare_evals``)."""
-
-
-@dataclass
-class PairStats:
-    """Numbers about the generated pairs: lengths, finish reasons, diversity, PMI."""
-
-    pairs: int
-    chosen_tokens: list[int]
-    rejected_tokens: list[int]
-    finish_reasons: dict[str, dict[str, int]]
-    self_bleu: dict[str, float | None]
-    distinct_2: dict[str, float | None]
-    pmi: list[float] = field(default_factory=list)
-    ref_margin: list[float] = field(default_factory=list)
-    """Reference log-prob of chosen minus rejected, per scored pair."""
-
-
-@dataclass
-class RunData:
-    """Everything the report shows about one run directory (one round)."""
-
-    root: Path
-    label: str
-    pipeline: dict[str, Any] | None = None
-    artifacts: list[Artifact] = field(default_factory=list)
-    stages: list[StageRow] = field(default_factory=list)
-    header: dict[str, str] = field(default_factory=dict)
-    export: dict[str, Any] | None = None
-    training: TrainingData | None = None
-    evals: list[EvalGroup] = field(default_factory=list)
-    judging: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    pairs: PairStats | None = None
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    absent: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    rounds: list[RunData] = field(default_factory=list)
-
-    def first(self, stage: str) -> Artifact | None:
-        """The first artifact of ``stage`` in pipeline order, or None."""
-        return next((a for a in self.artifacts if a.stage == stage), None)
-
-    @property
-    def is_empty(self) -> bool:
-        """True when nothing the report could show was found (this round and later ones)."""
-        own = self.artifacts or self.training or self.pipeline or self.stages
-        return not own and all(r.is_empty for r in self.rounds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,36 +191,6 @@ def state_of_round(state: list[dict[str, Any]], round_folder: str | None) -> lis
     return entries
 
 
-def _same_file(recorded: Any, candidate: Path | None, root: Path) -> bool:
-    """A path recorded in a manifest or state entry names ``candidate``.
-
-    Recorded paths may be relative (to the run folder, or to where ``mipo run`` was started)
-    or absolute on another machine, so an equal file name (with an equal parent folder
-    name, when there is one) also counts.
-    """
-    if not recorded or candidate is None:
-        return False
-    recorded = Path(str(recorded))
-    if any(place == candidate.resolve() for place in _places(recorded, root)):
-        return True
-    if recorded.name != candidate.name:
-        return False
-    parent = recorded.parent.name
-    return not parent or parent == candidate.parent.name or candidate.parent == root
-
-
-def _places(recorded: Path, root: Path) -> list[Path]:
-    """Where a recorded path may point: as given (absolute or from the current folder), and
-    relative to the run folder."""
-    places = []
-    for place in (recorded, root / recorded):
-        try:
-            places.append(place.resolve())
-        except OSError:
-            continue
-    return places
-
-
 def _output_of(artifact: Artifact) -> Path:
     """The path a stage was told to write: the Parquet file, or the training folder."""
     if artifact.data_file is not None:
@@ -365,7 +204,7 @@ def _rows_in(artifact: Artifact, artifacts: list[Artifact], root: Path) -> int |
     """Rows of the stage's first input that is an artifact of this run."""
     for entry in artifact.manifest.get("inputs") or []:
         for other in artifacts:
-            if other is not artifact and _same_file(entry.get("path"), other.data_file, root):
+            if other is not artifact and names_file(entry.get("path"), other.data_file, root):
                 return other.rows
     return None
 
@@ -416,7 +255,7 @@ def build_stage_rows(
             (
                 a
                 for a in artifacts
-                if id(a) not in placed and _same_file(recorded, _output_of(a), root)
+                if id(a) not in placed and names_file(recorded, _output_of(a), root)
             ),
             None,
         )
@@ -434,7 +273,7 @@ def build_stage_rows(
             # mipo run marks a stage running before calling it and done after: a record
             # still running without a complete output was killed or failed part-way.
             partial = next(
-                (u for u in leftovers if _same_file(recorded, root / u.output, root)), None
+                (u for u in leftovers if names_file(recorded, root / u.output, root)), None
             )
             if partial is not None:
                 leftovers.remove(partial)
@@ -458,7 +297,7 @@ def _display_path(recorded: Any, root: Path) -> str:
     if not recorded:
         return ""
     path = Path(str(recorded))
-    for place in _places(path, root):
+    for place in recorded_places(path, root):
         if place.exists() and place.is_relative_to(root.resolve()):
             return str(place.relative_to(root.resolve()))
     return path.name if path.parent.name == root.resolve().name else str(path)
@@ -501,25 +340,17 @@ def _int(value: Any) -> int | None:
 
 
 def read_metrics_records(path: Path) -> list[dict[str, float]]:
-    """Numeric fields of each ``metrics.jsonl`` line; a torn last line is ignored.
+    """Numeric fields of each ``metrics.jsonl`` record (``artifacts.metrics_log``).
 
     NaN and inf (written as strings, ``training.metrics``) become floats, so a diverged run
     shows as gaps in its curves instead of breaking the report.
     """
     records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a run killed mid-write leaves at most one partial last line
+    for raw in read_metrics(path):
         if not isinstance(raw, dict):
             continue
-        record = {}
-        for key, value in raw.items():
-            number = _number(value)
-            if number is not None:
-                record[str(key)] = number
-        records.append(record)
+        numbers = {str(key): _number(value) for key, value in raw.items()}
+        records.append({key: value for key, value in numbers.items() if value is not None})
     return records
 
 
@@ -628,160 +459,6 @@ def build_judging(artifacts: list[Artifact]) -> list[tuple[str, dict[str, Any]]]
 
 
 # --------------------------------------------------------------------------------------------
-# Pairs: statistics and samples
-# --------------------------------------------------------------------------------------------
-
-
-def _read_frame(artifact: Artifact | None, schema: ArtifactSchema, problems: list[str]) -> Any:
-    """The validated frame of an artifact, or None (with a problem line) if unreadable."""
-    if artifact is None or artifact.data_file is None:
-        return None
-    try:
-        return read_artifact(artifact.data_file, schema)
-    except MipoError as error:
-        problems.append(str(error))
-        return None
-
-
-def _subsample(texts: list[str], limit: int, seed: int) -> list[str]:
-    if len(texts) <= limit:
-        return texts
-    return random.Random(seed).sample(texts, limit)
-
-
-def distinct_n(texts: list[str], n: int = 2) -> float | None:
-    """Distinct-n: unique n-grams over all n-grams of a set of texts (Li et al. 2016).
-
-    Tokenised like self-BLEU (``evaluation.diversity.tokenize``); None without any n-gram.
-    """
-    from mipo_engine.evaluation.diversity import tokenize
-
-    total, unique = 0, set()
-    for text in texts:
-        tokens = tokenize(text)
-        grams = list(zip(*(tokens[shift:] for shift in range(n)), strict=False))
-        total += len(grams)
-        unique.update(grams)
-    return len(unique) / total if total else None
-
-
-def _finish_reasons(column: pl.Series) -> dict[str, int]:
-    return {str(k): int(v) for k, v in column.value_counts(sort=True).iter_rows()}
-
-
-def build_pair_stats(generations: Any, scores: Any, seed: int) -> PairStats:
-    """Lengths, finish reasons, diversity (self-BLEU-4, distinct-2) and reference PMI."""
-    from mipo_engine.evaluation.diversity import self_bleu
-
-    bleu, distinct = {}, {}
-    for side in ("chosen", "rejected"):
-        texts = _subsample(generations[side].to_list(), MAX_DIVERSITY_TEXTS, seed)
-        bleu[side] = self_bleu(texts, 4) if len(texts) >= 2 else None
-        distinct[side] = distinct_n(texts, 2)
-    stats = PairStats(
-        pairs=generations.height,
-        chosen_tokens=generations["chosen_tokens"].to_list(),
-        rejected_tokens=generations["rejected_tokens"].to_list(),
-        finish_reasons={
-            side: _finish_reasons(generations[f"{side}_finish_reason"])
-            for side in ("chosen", "rejected")
-        },
-        self_bleu=bleu,
-        distinct_2=distinct,
-    )
-    if scores is not None:
-        stats.pmi = [v for v in scores["pmi_chosen"].to_list() if _finite(v)]
-        margins = (scores["ref_chosen_logps"] - scores["ref_rejected_logps"]).to_list()
-        stats.ref_margin = [v for v in margins if _finite(v)]
-    return stats
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _clip(text: Any) -> str:
-    """Redacted text, cut at ``SAMPLE_TEXT_LIMIT`` with a note of how much was left out."""
-    text = redact("" if text is None else str(text))
-    if len(text) <= SAMPLE_TEXT_LIMIT:
-        return text
-    hidden = len(text) - SAMPLE_TEXT_LIMIT
-    return f"{text[:SAMPLE_TEXT_LIMIT]}… [{hidden} more characters]"
-
-
-def pick_samples(
-    generations: Any,
-    *,
-    scores: Any = None,
-    kept_ids: set[str] | None = None,
-    judge_scores: dict[tuple[str, str], float] | None = None,
-    count: int,
-    seed: int,
-) -> list[dict[str, Any]]:
-    """``count`` pairs drawn with ``seed`` (in file order), with everything known about them."""
-    if count <= 0 or generations.height == 0:
-        return []
-    chosen_rows = sorted(
-        random.Random(seed).sample(range(generations.height), min(count, generations.height))
-    )
-    score_by_id = {}
-    if scores is not None:
-        score_by_id = {row["id"]: row for row in scores.to_dicts()}
-    samples = []
-    for index in chosen_rows:
-        row = generations.row(index, named=True)
-        score = score_by_id.get(row["id"], {})
-        sample = {
-            "id": redact(str(row["id"])),
-            "prompt": _clip(row["prompt"]),
-            "context": _clip(row["context"]) if row["context"] else "",
-            "strategy": redact(str(row["strategy"])),
-            "chosen": _clip(row["chosen"]),
-            "rejected": _clip(row["rejected"]),
-            "chosen_finish_reason": redact(str(row["chosen_finish_reason"])),
-            "rejected_finish_reason": redact(str(row["rejected_finish_reason"])),
-            "chosen_tokens": row["chosen_tokens"],
-            "rejected_tokens": row["rejected_tokens"],
-            "pmi": score.get("pmi_chosen"),
-            "ref_chosen_logps": score.get("ref_chosen_logps"),
-            "ref_rejected_logps": score.get("ref_rejected_logps"),
-            "kept": None if kept_ids is None else row["id"] in kept_ids,
-        }
-        if judge_scores is not None:
-            sample["judge_chosen"] = judge_scores.get((row["id"], "chosen"))
-            sample["judge_rejected"] = judge_scores.get((row["id"], "rejected"))
-        samples.append(sample)
-    return samples
-
-
-def _kept_ids(artifact: Artifact | None, problems: list[str]) -> set[str] | None:
-    if artifact is None or artifact.data_file is None:
-        return None
-    try:
-        return set(pl.read_parquet(artifact.data_file, columns=["id"])["id"].to_list())
-    except Exception as error:  # polars raises several types for corrupt or foreign files
-        problems.append(f"{artifact.data_file.name}: cannot read ids ({error})")
-        return None
-
-
-def _judge_scores(artifacts: list[Artifact], problems: list[str]) -> dict[tuple[str, str], float]:
-    """Aggregated judge score per (pair id, role), from judgments of the generations."""
-    from mipo_engine.stages.judge import JUDGMENTS, aggregate_judgments
-
-    found: dict[tuple[str, str], float] = {}
-    for artifact in artifacts:
-        if artifact.stage != "judge":
-            continue
-        frame = _read_frame(artifact, JUDGMENTS, problems)
-        if frame is None:
-            continue
-        for row in aggregate_judgments(frame).iter_rows(named=True):
-            if row["role"] in ("chosen", "rejected") and row["score"] is not None:
-                found[(row["id"], row["role"])] = row["score"]
-    return found
-
-
-# --------------------------------------------------------------------------------------------
 # Header and what is absent
 # --------------------------------------------------------------------------------------------
 
@@ -824,7 +501,9 @@ def build_header(run: RunData) -> dict[str, str]:
     elif run.training is not None and run.training.loss:
         loss = run.training.loss
         text = str(loss.get("loss"))
-        extras = [f"{k}={loss[k]:g}" for k in ("beta", "gamma", "eta") if _finite(loss.get(k))]
+        extras = [
+            f"{k}={loss[k]:g}" for k in ("beta", "gamma", "eta") if finite_number(loss.get(k))
+        ]
         if loss.get("prior"):
             extras.append(f"prior={loss['prior']}")
         if extras:
@@ -908,15 +587,15 @@ def collect_folder(
     run.training = find_training(root, run.artifacts, run.problems)
     run.evals = build_eval_groups(run.artifacts, run.problems)
     run.judging = build_judging(run.artifacts)
-    generations = _read_frame(run.first("generate"), GENERATIONS, run.problems)
-    scores = _read_frame(run.first("score"), SCORES, run.problems)
+    generations = read_frame(run.first("generate"), GENERATIONS, run.problems)
+    scores = read_frame(run.first("score"), SCORES, run.problems)
     if generations is not None:
         run.pairs = build_pair_stats(generations, scores, seed)
         run.samples = pick_samples(
             generations,
             scores=scores,
-            kept_ids=_kept_ids(export, run.problems),
-            judge_scores=_judge_scores(run.artifacts, run.problems) if run.judging else None,
+            kept_ids=exported_ids(export, run.problems),
+            judge_scores=judge_scores_by_pair(run.artifacts, run.problems) if run.judging else None,
             count=samples,
             seed=seed,
         )

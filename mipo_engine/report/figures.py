@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator
 
-from mipo_engine.report.collect import EvalGroup, PairStats, RunData, TrainingData
+from mipo_engine.report.data import EvalGroup, PairStats, RunData, TrainingData
 
 CHOSEN = "#1b9e77"
 REJECTED = "#d95f02"

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mipo_engine.artifacts.schemas import first_repeat
 from mipo_engine.errors import InputError
-from mipo_engine.evaluation.extract import canonical_number
+from mipo_engine.numbers import canonical_number
 from mipo_engine.templates import render
 
 Row = dict[str, Any]
@@ -174,16 +175,15 @@ def _split_from_stem(stem: str, prefix: str = "") -> str:
 
 def _check_unique_ids(rows: Sequence[Row], path: Path) -> None:
     """Raise when two rows share an id (duplicated records in the source)."""
-    seen: dict[str, int] = {}
-    for position, row in enumerate(rows, start=1):
-        if row["id"] in seen:
-            raise BenchmarkFormatError(
-                f"duplicate id {row['id']!r} (first seen at record {seen[row['id']]})",
-                file=path,
-                row=position,
-                field="id",
-            )
-        seen[row["id"]] = position
+    repeat = first_repeat(row["id"] for row in rows)
+    if repeat is not None:
+        position, first = repeat
+        raise BenchmarkFormatError(
+            f"duplicate id {rows[position - 1]['id']!r} (first seen at record {first})",
+            file=path,
+            row=position,
+            field="id",
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -79,13 +79,9 @@ def _read_csv(path: Path) -> list[tuple[int, Mapping[str, Any]]]:
 
 
 def _read_parquet(path: Path) -> list[tuple[int, Mapping[str, Any]]]:
-    import polars as pl
+    from mipo_engine.artifacts.store import read_parquet
 
-    try:
-        frame = pl.read_parquet(path)
-    except Exception as error:  # polars raises several error types for bad files
-        raise InputError(f"not a readable Parquet file ({error})", file=path) from None
-    return list(enumerate(frame.to_dicts(), start=1))
+    return list(enumerate(read_parquet(path).to_dicts(), start=1))
 
 
 def _text(value: Any, *, path: Path, row: int, field: str, required: bool) -> str | None:

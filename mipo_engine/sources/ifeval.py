@@ -16,17 +16,27 @@ Every problem raises ``InputError`` naming the file, the 1-based row and the fie
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mipo_engine.errors import InputError
-from mipo_engine.evaluation.ifeval import is_instruction_id
 
 Row = dict[str, Any]
 
 BUILTIN_IFEVAL = "ifeval/input_data.jsonl"
 """The bundled copy, relative to the ``data`` resource folder."""
+
+
+def instruction_registry() -> Mapping[str, Any]:
+    """IFEval instruction id -> verifier class, from the verifier library."""
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    return INSTRUCTION_DICT
+
+
+def is_instruction_id(instruction_id: str) -> bool:
+    return instruction_id in instruction_registry()
 
 
 def builtin_ifeval_path() -> Path:
@@ -144,12 +154,9 @@ def load_ifeval(path: str | Path | None = None) -> list[Row]:
 
 def _response_records(path: Path) -> list[tuple[int, Any]]:
     if path.suffix == ".parquet":
-        import polars as pl
+        from mipo_engine.artifacts.store import read_parquet
 
-        try:
-            frame = pl.read_parquet(path)
-        except Exception as error:
-            raise InputError(f"not a readable Parquet file ({error})", file=path) from None
+        frame = read_parquet(path)
         for column in ("prompt", "response"):
             if column not in frame.columns:
                 raise InputError(f"missing column (found {frame.columns})", file=path, field=column)

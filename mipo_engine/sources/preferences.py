@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mipo_engine.artifacts.schemas import first_repeat
 from mipo_engine.errors import InputError
 from mipo_engine.sources.files import read_records
 
@@ -485,15 +486,14 @@ def read_preferences(
 
 
 def _check_unique_ids(ids: list[str], path: Path) -> None:
-    seen: set[str] = set()
-    for index, source_id in enumerate(ids, start=1):
-        if source_id in seen:
-            raise InputError(
-                f"duplicate id {source_id!r} (record {index}); ids must be unique",
-                file=path,
-                field="id",
-            )
-        seen.add(source_id)
+    repeat = first_repeat(ids)
+    if repeat is not None:
+        index = repeat[0]
+        raise InputError(
+            f"duplicate id {ids[index - 1]!r} (record {index}); ids must be unique",
+            file=path,
+            field="id",
+        )
 
 
 def _preference_entries(record: Mapping[str, Any], *, file: Path, row: int) -> list[dict[str, str]]:

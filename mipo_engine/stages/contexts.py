@@ -17,39 +17,34 @@ The ``contexts`` artifact has one row per inferred preference item; ``contexts_t
 ``mipo generate``: one prompt row per source row, pairing the user's own prompt with the
 context inferred from them.
 
-The retry loop ``ask_with_retries`` is shared with ``mipo rubrics`` and ``mipo judge``.
+The retry loop is ``modelcalls.asking.ask_with_retries``, shared with ``mipo rubrics`` and
+``mipo judge``.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field, model_validator
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from mipo_engine.artifacts.schemas import PROMPTS, ArtifactSchema, Column, register_schema
+from mipo_engine.artifacts.run import StageRun, check_output_path
+from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS
 from mipo_engine.artifacts.store import is_complete, read_artifact
 from mipo_engine.backends.base import (
     Backend,
-    Completion,
-    GenerationRequest,
-    SamplingConfig,
-    create_backend,
 )
 from mipo_engine.chat import Message
 from mipo_engine.errors import MipoError
-from mipo_engine.judging.validation import (
-    count_sentences,
-    parse_json_object,
-    validate_user_context,
-)
+from mipo_engine.judging.constraints import count_sentences
+from mipo_engine.judging.validation import parse_json_object, validate_user_context
+from mipo_engine.modelcalls.asking import Query, Reply, ask_with_retries
+from mipo_engine.modelcalls.running import BackendHandle, console, finished_rows, run_chunks
+from mipo_engine.modelcalls.settings import AskingConfig
 from mipo_engine.sources.preferences import (
     PreferenceExample,
     SystemPreference,
@@ -57,183 +52,14 @@ from mipo_engine.sources.preferences import (
     read_system_preferences,
     snake_case,
 )
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
 from mipo_engine.templates import render
-
-console = Console(stderr=True)
-
-BackendName = Literal["hf", "vllm", "openai"]
-T = TypeVar("T")
-
-CONTEXTS = register_schema(
-    ArtifactSchema(
-        "contexts",
-        (
-            Column("id", pl.String(), doc="'<source_id>:<key>'"),
-            Column("source_id", pl.String(), doc="the preference row the item was inferred from"),
-            Column("user_id", pl.String(), True, doc="the user who made the choice, if known"),
-            Column("key", pl.String(), doc="snake_case label of the preference"),
-            Column("item", pl.String(), doc="the preference, at most two sentences"),
-            Column("context", pl.String(), doc="all items of the source row: the user context"),
-            Column("prompt", pl.String(), doc="the source row's prompt"),
-            Column("context_group", pl.String(), True, doc="prompt-tied pool (system-to-user)"),
-            Column("source", pl.String(), doc="input file name"),
-            Column("attempts", pl.Int64(), doc="model calls the row needed"),
-        ),
-    )
-)
-
-# --------------------------------------------------------------------------------------------
-# Asking a model with validation and bounded retries (shared by contexts, rubrics and judge)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Query:
-    """One question for the model: ``key`` identifies the row and derives its seeds."""
-
-    key: str
-    messages: list[Message]
-
-
-@dataclass
-class Reply(Generic[T]):
-    """The parsed answer to a query, or the reason the last attempt failed."""
-
-    value: T | None = None
-    raw: str | None = None
-    error: str | None = "not attempted"
-    attempts: int = 0
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """How often to ask and with which sampling settings.
-
-    The first attempt uses ``sampling`` (often greedy); later attempts use
-    ``retry_temperature``, so a greedy model can give a different answer when asked again.
-    """
-
-    sampling: SamplingConfig
-    retry_temperature: float = 0.7
-    max_attempts: int = 3
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-
-    def sampling_for(self, attempt: int) -> SamplingConfig:
-        if attempt == 1:
-            return self.sampling
-        return replace(self.sampling, temperature=self.retry_temperature)
-
-    def seed_for(self, key: str, attempt: int) -> int:
-        return derive_seed(self.seed, key, attempt)
-
-
-def _complete(
-    backend: Backend,
-    requests: list[GenerationRequest],
-    sampling: SamplingConfig,
-    choices: Sequence[str] | None,
-    json_schema: dict[str, Any] | None,
-) -> list[Completion]:
-    """Generate, constrained to ``choices`` or ``json_schema`` when the backend supports
-    structured output (the vLLM backends' ``generate_structured``); plainly otherwise."""
-    if hasattr(backend, "generate_structured"):
-        if choices is not None:
-            return backend.generate_structured(requests, sampling, choices=list(choices))
-        if json_schema is not None:
-            return backend.generate_structured(requests, sampling, json_schema=json_schema)
-    return backend.generate(requests, sampling)
-
-
-def ask_with_retries(
-    backend: Backend,
-    queries: Sequence[Query],
-    parse: Callable[[str], T],
-    policy: RetryPolicy,
-    *,
-    choices: Sequence[str] | None = None,
-    json_schema: dict[str, Any] | None = None,
-) -> list[Reply[T]]:
-    """Ask every query, then ask again only those whose reply ``parse`` rejected.
-
-    ``parse`` returns the value or raises ValueError with the reason. Each attempt is one
-    batched backend call over the still-failing queries; attempt ``a`` of query ``q`` uses
-    seed ``derive_seed(policy.seed, q.key, a)``. After ``policy.max_attempts`` a reply keeps
-    ``value=None`` and the last reason in ``error``. ``choices`` or ``json_schema``
-    constrain the reply on backends with structured output; ``parse`` still checks it.
-    """
-    replies: list[Reply[T]] = [Reply() for _ in queries]
-    pending = list(range(len(queries)))
-    for attempt in range(1, policy.max_attempts + 1):
-        if not pending:
-            break
-        requests = [
-            GenerationRequest(
-                queries[i].key, queries[i].messages, policy.seed_for(queries[i].key, attempt)
-            )
-            for i in pending
-        ]
-        sampling = policy.sampling_for(attempt)
-        completions = _complete(backend, requests, sampling, choices, json_schema)
-        failed = []
-        for index, completion in zip(pending, completions, strict=True):
-            reply = replies[index]
-            reply.attempts, reply.raw = attempt, completion.text
-            if completion.finish_reason == "error":
-                reply.error = completion.error or "the backend returned an error"
-                failed.append(index)
-                continue
-            try:
-                reply.value, reply.error = parse(completion.text), None
-            except ValueError as error:
-                reply.error = str(error)
-                failed.append(index)
-        pending = failed
-    return replies
-
-
-def backend_options(
-    backend: str, *, batch_size: int, base_url: str | None, concurrency: int
-) -> dict[str, object]:
-    """Constructor options for ``create_backend`` that apply to the chosen backend."""
-    if backend == "hf":
-        return {"batch_size": batch_size}
-    if backend == "openai":
-        return {"base_url": base_url, "concurrency": concurrency}
-    return {}
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
-def keep_order(frame: pl.DataFrame, key: str, order: Sequence[str]) -> pl.DataFrame:
-    """Rows of ``frame`` whose ``key`` is in ``order``, sorted by their position there."""
-    positions = {value: index for index, value in enumerate(order)}
-    return (
-        frame.filter(pl.col(key).is_in(list(positions)))
-        .with_columns(pl.col(key).replace_strict(positions, return_dtype=pl.Int64).alias("_pos"))
-        .sort("_pos")
-        .drop("_pos")
-    )
-
 
 # --------------------------------------------------------------------------------------------
 # Settings
 # --------------------------------------------------------------------------------------------
 
 
-class ContextsConfig(StageConfig):
+class ContextsConfig(AskingConfig):
     preferences: Path
     """Users' choices (PRISM, Community Alignment or pairwise layout) or system messages."""
     out: Path
@@ -246,22 +72,11 @@ class ContextsConfig(StageConfig):
     preferred_column: str | None = None
     feedback_column: str | None = None
     turn: int | None = Field(None, ge=1, le=4, description="conversation turn (1 = first)")
-    backend: BackendName = "hf"
-    model: str | None = None
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0.0, description="first attempt (0 = greedy)")
-    retry_temperature: float = Field(0.7, ge=0.0, description="attempts after the first")
-    max_attempts: int = Field(3, ge=1, le=20)
-    structured: bool = True
-    """Constrain replies to a JSON object of strings when the backend supports it (vLLM)."""
-    seed: int = 0
-    batch_size: int = Field(8, ge=1)
-    chunk_rows: int = Field(32, ge=1, description="rows per saved chunk (resume unit)")
     limit: int | None = Field(None, ge=1, description="use only the first N source rows")
-    base_url: str | None = None
-    concurrency: int = Field(8, ge=1)
     as_prompts: Path | None = None
     """Also write a prompts artifact (one row per source row) for ``mipo generate``."""
+
+    chunk_key: ClassVar[str] = "chunk_rows"
 
     @model_validator(mode="after")
     def _mode_matches_layout(self) -> ContextsConfig:
@@ -290,18 +105,9 @@ class ContextsConfig(StageConfig):
 
     def identity(self) -> dict[str, object]:
         """Settings that change the output (batching, concurrency and paths do not)."""
-        return self.model_dump(
-            mode="json", exclude={"batch_size", "chunk_rows", "concurrency", "out", "as_prompts"}
-        )
-
-    def policy(self) -> RetryPolicy:
-        sampling = SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature)
-        return RetryPolicy(
-            sampling=sampling,
-            retry_temperature=self.retry_temperature,
-            max_attempts=self.max_attempts,
-            seed=self.seed,
-        )
+        identity = super().identity()
+        identity.pop("as_prompts")
+        return identity
 
 
 class ContextsFailed(MipoError):
@@ -394,7 +200,7 @@ def parse_user_statement(text: str) -> str:
         raise ValueError(
             f"the statement has {len(statement)} characters (at most {MAX_STATEMENT_CHARS})"
         )
-    sentences = count_sentences(statement)
+    sentences = count_sentences(statement, rule="reply")
     if sentences > MAX_STATEMENT_SENTENCES:
         raise ValueError(
             f"the statement has {sentences} sentences (at most {MAX_STATEMENT_SENTENCES})"
@@ -549,17 +355,6 @@ def _infer(
     ]
 
 
-def _run_pending(
-    backend: Backend, todo: list[SourceRow], total: int, config: ContextsConfig, journal: Any
-) -> None:
-    with progress_bar() as progress:
-        task = progress.add_task("contexts", total=total, completed=total - len(todo))
-        for start in range(0, len(todo), config.chunk_rows):
-            chunk = todo[start : start + config.chunk_rows]
-            journal.append(_journal_rows(chunk, _infer(backend, chunk, config)))
-            progress.advance(task, len(chunk))
-
-
 def _stats(finished: pl.DataFrame, contexts: pl.DataFrame, seconds: float) -> dict[str, Any]:
     failed = finished.filter(pl.col("error").is_not_null())
     return {
@@ -612,28 +407,21 @@ def run_contexts(config: ContextsConfig, *, backend: Backend | None = None) -> P
     if done:
         console.print(f"Resuming: {len(done)} of {len(rows)} rows already done.")
     started = time.perf_counter()
-    if todo:
-        owns_backend = backend is None
-        backend = backend or create_backend(
-            config.backend,
-            config.model,
-            **backend_options(
-                config.backend,
-                batch_size=config.batch_size,
-                base_url=config.base_url,
-                concurrency=config.concurrency,
-            ),
+    with BackendHandle(config.backend, config.model, config.backend_options(), backend) as model:
+        run_chunks(
+            todo,
+            lambda chunk: _journal_rows(chunk, _infer(model.get(), chunk, config)),
+            journal,
+            chunk_size=config.chunk_size,
+            label="contexts",
+            total=len(rows),
+            done=len(rows) - len(todo),
         )
-        try:
-            _run_pending(backend, todo, len(rows), config, journal)
-        finally:
-            if owns_backend:
-                backend.close()
-    finished = journal.load()
-    finished = keep_order(
-        finished if finished is not None else pl.DataFrame(schema=_JOURNAL_SCHEMA),
-        "source_id",
+    finished = finished_rows(
+        journal,
+        pl.DataFrame(schema=_JOURNAL_SCHEMA),
         [row.source_id for row in rows],
+        key="source_id",
     )
     contexts = _artifact_rows(finished, source)
     stats = _stats(finished, contexts, time.perf_counter() - started)

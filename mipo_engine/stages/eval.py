@@ -21,17 +21,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field, field_validator, model_validator
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import fingerprint
+from mipo_engine.artifacts.run import StageRun, check_output_path, derive_seed
+from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import is_complete, write_json_atomic
-from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig, create_backend
+from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig
+from mipo_engine.backends.registry import (
+    BackendChoice,
+    LocalBackendChoice,
+    backend_options,
+    create_backend,
+)
 from mipo_engine.chat import build_messages, user_turn
 from mipo_engine.errors import ConfigError
 from mipo_engine.evaluation.copying import copy_overlap
@@ -44,7 +51,7 @@ from mipo_engine.evaluation.raw import (
     continuation_logprobs,
     with_bos,
 )
-from mipo_engine.evaluation.results import EVAL, summarize, summary_path
+from mipo_engine.evaluation.results import summarize, summary_path
 from mipo_engine.evaluation.stats import answer_entropy, letter_probabilities
 from mipo_engine.evaluation.tasks import (
     EVAL_TASKS,
@@ -59,18 +66,19 @@ from mipo_engine.evaluation.tasks import (
     letter_continuations,
     load_items,
 )
+from mipo_engine.modelcalls.running import run_chunks
+from mipo_engine.modelcalls.settings import LocalBackendName, ModelCallConfig
 from mipo_engine.sources.benchmarks import EVAL_STOP_SEQUENCES, choice_labels, eval_prompt
 from mipo_engine.sources.ifeval import read_responses
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
 
 console = Console(stderr=True)
 
-BackendName = Literal["hf", "vllm"]
-JudgeBackendName = Literal["hf", "vllm", "openai"]
+BackendName = LocalBackendChoice
+JudgeBackendName = BackendChoice
 JudgeMode = Literal["rubric", "rlaif", "verify"]
 
 
-class EvalConfig(StageConfig):
+class EvalConfig(ModelCallConfig):
     """Settings of ``mipo eval``; ``None`` numbers take the task's default."""
 
     task: str
@@ -86,7 +94,7 @@ class EvalConfig(StageConfig):
     default (the pinned Hub copy for benchmarks, the bundled prompts for IFEval)."""
     limit: int | None = Field(None, ge=1)
     """Evaluate a fixed random subset of this many items (seed ``seed``)."""
-    backend: BackendName = "hf"
+    backend: LocalBackendName = "hf"
     seed: int = 0
     """Seeds the subset (``--limit``) and, per response, sampling."""
     max_new_tokens: int | None = Field(None, ge=1)
@@ -94,8 +102,7 @@ class EvalConfig(StageConfig):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     samples: int = Field(1, ge=1, le=64)
     """Responses per prompt (personalization only): diversity within a prompt."""
-    batch_size: int = Field(8, ge=1)
-    chunk_items: int = Field(32, ge=1)
+    chunk_size: int = Field(32, ge=1)
     """Responses per saved chunk: the unit of resume after a crash."""
     reference: Path | None = None
     """A previous personalization eval: judge both and report the win rate against it."""
@@ -162,9 +169,7 @@ class EvalConfig(StageConfig):
             },
         )
 
-    def identity(self) -> dict[str, object]:
-        """Settings that change the artifact (batching and chunking do not)."""
-        return self.model_dump(mode="json", exclude={"batch_size", "chunk_items", "out"})
+    chunk_key: ClassVar[str] = "chunk_items"
 
 
 @dataclass(frozen=True)
@@ -249,8 +254,7 @@ def answer_letter_logprobs(
         contexts.append(with_bos(tokenizer, context_ids))
         continuations.append(letter_ids)
         positions.append(index)
-    batch_size = getattr(backend, "batch_size", 8)
-    values = continuation_logprobs(backend, contexts, continuations, batch_size=batch_size)
+    values = continuation_logprobs(backend, contexts, continuations)
     results: list[list[float] | None] = [None] * len(texts)
     for index, logprobs in zip(positions, values, strict=True):
         results[index] = logprobs
@@ -370,12 +374,13 @@ def _scored_rows(pairs: list[tuple[dict[str, Any], str]], config: EvalConfig) ->
 
 
 def _backend_options(config: EvalConfig, *, with_adapter: bool) -> dict[str, object]:
-    options: dict[str, object] = {"show_progress": False}  # the stage shows its own bar
-    if config.backend == "hf":
-        options["batch_size"] = config.batch_size
-    if with_adapter and config.adapter is not None:
-        options["adapter"] = str(config.adapter)
-    return options
+    adapter = str(config.adapter) if with_adapter and config.adapter is not None else None
+    return backend_options(
+        config.backend,
+        batch_size=config.batch_size,
+        adapter=adapter,
+        show_progress=False,  # the stage shows its own bar
+    )
 
 
 @dataclass
@@ -483,22 +488,18 @@ def _generate_all(
         console.print(f"Resuming: {len(done)} of {len(units)} responses already evaluated.")
     if not todo:
         return 0
-    with (
-        _open_backends(config, policy, base) as backends,
-        Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        ) as progress,
-    ):
-        bar = progress.add_task(f"eval {config.task}", total=len(units), completed=len(done))
-        for start in range(0, len(todo), config.chunk_items):
-            chunk = todo[start : start + config.chunk_items]
-            rows = _evaluate_chunk(backends, chunk, config)
-            journal.append(pl.DataFrame(rows, schema=EVAL.polars_schema()))
-            progress.advance(bar, len(chunk))
+    with _open_backends(config, policy, base) as backends:
+        run_chunks(
+            todo,
+            lambda chunk: pl.DataFrame(
+                _evaluate_chunk(backends, chunk, config), schema=EVAL.polars_schema()
+            ),
+            journal,
+            chunk_size=config.chunk_size,
+            label=f"eval {config.task}",
+            total=len(units),
+            done=len(done),
+        )
     return len(todo)
 
 

@@ -39,18 +39,18 @@ import polars as pl
 from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
+from mipo_engine import filters
+from mipo_engine.artifacts.preferences import REFERENCE_COLUMNS, validate_preferences
+from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path, derive_seed
 from mipo_engine.artifacts.schemas import (
     GENERATIONS,
+    JUDGMENTS,
+    PREFERENCES,
     SCORES,
-    ArtifactSchema,
-    Column,
-    register_schema,
-    validate_frame,
 )
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.errors import ConfigError, InputError, MipoError
-from mipo_engine.stages import filters
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
+from mipo_engine.judging.summary import aggregate_judgments
 from mipo_engine.templates import load_template, placeholders
 
 console = Console(stderr=True)
@@ -59,34 +59,6 @@ ExportFormat = Literal["trl", "trl-conversational", "openrlhf"]
 FORMATS: tuple[str, ...] = ("trl", "trl-conversational", "openrlhf")
 NearDuplicates = Literal["off", "normalized", "minhash"]
 
-PREFERENCES = register_schema(
-    ArtifactSchema(
-        "preferences",
-        (
-            Column("id", pl.String(), doc="pair id (the generations id)"),
-            Column("prompt_id", pl.String(), doc="prompt row the pair was generated for"),
-            Column("strategy", pl.String(), doc="negative strategy that made the pair"),
-            Column(
-                "split", pl.String(), doc="train / test / ... (all pairs of a prompt share one)"
-            ),
-        ),
-    )
-)
-"""The format-independent columns of a ``preferences`` artifact.
-
-The text columns' types depend on the format (strings or message lists), so they are
-checked by ``validate_preferences`` rather than by this dtype-strict schema.
-"""
-
-MESSAGES = pl.List(pl.Struct({"role": pl.String(), "content": pl.String()}))
-TEXT_COLUMNS: dict[str, dict[str, pl.DataType]] = {
-    "trl": {"prompt": pl.String(), "chosen": pl.String(), "rejected": pl.String()},
-    "trl-conversational": {"prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES},
-    "openrlhf": {"chosen": MESSAGES, "rejected": MESSAGES},
-}
-"""The text columns of each format and their types."""
-
-REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 USER_TURN_TEMPLATE = "user_turn_with_context.txt"
 _SPLIT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -257,12 +229,10 @@ def judge_margins(path: Path) -> pl.DataFrame:
     """Per pair: ``judge_margin`` = judge score of the chosen response - of the rejected one.
 
     Reads a ``judgments`` artifact from ``mipo judge`` run on the generations and aggregates
-    it with that stage's own rule (``aggregate_judgments``: mean over rubric items, null
-    item scores skipped). A pair missing either response's score gets a null margin, which
+    it with the judge's own rule (``aggregate_judgments``: mean over rubric items, null item
+    scores skipped). A pair missing either response's score gets a null margin, which
     the margin filter drops.
     """
-    from mipo_engine.stages.judge import JUDGMENTS, aggregate_judgments
-
     per_response = aggregate_judgments(read_artifact(path, JUDGMENTS))
 
     def role_scores(role: str) -> pl.DataFrame:
@@ -439,71 +409,6 @@ def to_preferences(pairs: pl.DataFrame, export_format: str, split_names: list[st
 
 
 # --------------------------------------------------------------------------------------------
-# Checking a preferences frame
-# --------------------------------------------------------------------------------------------
-
-
-def detect_format(frame: pl.DataFrame) -> str:
-    """The format of a preferences frame, from its text columns' types."""
-    if "prompt" not in frame.columns:
-        return "openrlhf"
-    return "trl" if frame["prompt"].dtype == pl.String() else "trl-conversational"
-
-
-def validate_preferences(frame: pl.DataFrame, *, file: str | Path | None = None) -> pl.DataFrame:
-    """Check a preferences frame: common columns, text columns of its format, references.
-
-    Returns the frame with the common columns validated (``validate_frame``). Errors name
-    the file, row and column.
-    """
-    frame = validate_frame(frame, PREFERENCES, file=file)
-    export_format = detect_format(frame)
-    for name, dtype in TEXT_COLUMNS[export_format].items():
-        if name not in frame.columns:
-            raise InputError(
-                f"missing column {name!r} for the {export_format} format", file=file, field=name
-            )
-        if frame[name].dtype != dtype:
-            raise InputError(
-                f"expected {dtype} for the {export_format} format, got {frame[name].dtype}",
-                file=file,
-                field=name,
-            )
-        nulls = frame[name].is_null()
-        if nulls.any():
-            raise InputError(
-                "value is missing (null)", file=file, row=_first_row(nulls), field=name
-            )
-    present = [name for name in REFERENCE_COLUMNS if name in frame.columns]
-    if len(present) == 1:
-        other = next(name for name in REFERENCE_COLUMNS if name not in present)
-        raise InputError(f"{present[0]} is given without {other}", file=file, field=other)
-    for name in present:
-        values = frame[name].cast(pl.Float64, strict=False)
-        bad = values.is_null() | ~values.is_finite().fill_null(False)
-        if bad.any():
-            raise InputError(
-                "reference log-prob is missing or not a finite number",
-                file=file,
-                row=_first_row(bad),
-                field=name,
-            )
-    return frame
-
-
-def read_preferences(path: str | Path) -> pl.DataFrame:
-    """Read and check a preferences artifact (any format)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", file=path)
-    try:
-        frame = pl.read_parquet(path)
-    except Exception as error:  # polars raises several types for corrupt files
-        raise InputError(f"not a readable Parquet file ({error})", file=path) from None
-    return validate_preferences(frame, file=path)
-
-
-# --------------------------------------------------------------------------------------------
 # The stage
 # --------------------------------------------------------------------------------------------
 
@@ -561,96 +466,3 @@ def run_export(config: ExportConfig) -> Path:
         "reference_logps": config.scores is not None,
     }
     return run.write(preferences, PREFERENCES, seed=config.seed, stats=stats)
-
-
-# --------------------------------------------------------------------------------------------
-# Synthetic generations (benchmarks and tests)
-# --------------------------------------------------------------------------------------------
-
-VOCABULARY_SIZE = 2000
-
-
-def _random_texts(
-    rng: np.random.Generator, count: int, words: int, vocabulary: pl.Series
-) -> pl.Series:
-    picks = rng.integers(0, len(vocabulary), size=count * words)
-    return vocabulary.gather(picks).reshape((count, words)).arr.join(" ")
-
-
-def synthetic_generations(
-    n_pairs: int,
-    *,
-    seed: int = 0,
-    pairs_per_prompt: int = 2,
-    response_words: int = 60,
-    defect_rate: float = 0.01,
-) -> pl.DataFrame:
-    """``n_pairs`` generations rows with random text, built column-wise (for benchmarks).
-
-    Pairs come ``pairs_per_prompt`` to a prompt (missing-context strategy, rendered with the
-    plain default template). A ``defect_rate`` share of rows each is: an exact duplicate of
-    an earlier pair, a pair with identical responses, a pair with an empty rejected response,
-    and a truncated pair, so every filter has work to do.
-    """
-    if n_pairs < 1 or pairs_per_prompt < 1:
-        raise ValueError("n_pairs and pairs_per_prompt must be >= 1")
-    if not 0.0 <= defect_rate <= 0.25:
-        raise ValueError(f"defect_rate must be in [0, 0.25], got {defect_rate}")
-    rng = np.random.default_rng(seed)
-    vocabulary = pl.Series([f"w{index}" for index in range(VOCABULARY_SIZE)])
-    n_prompts = -(-n_pairs // pairs_per_prompt)
-    prompt_index = np.arange(n_pairs) // pairs_per_prompt
-    prompts = _random_texts(rng, n_prompts, 12, vocabulary).gather(prompt_index)
-    contexts = _random_texts(rng, n_prompts, 15, vocabulary).gather(prompt_index)
-    chosen = _random_texts(rng, n_pairs, response_words, vocabulary)
-    rejected = _random_texts(rng, n_pairs, response_words, vocabulary)
-    frame = pl.DataFrame(
-        {
-            "id": pl.Series(np.arange(n_pairs)).cast(pl.String).str.pad_start(8, "0"),
-            "prompt_id": pl.Series(prompt_index).cast(pl.String).str.pad_start(8, "0"),
-            "prompt": prompts,
-            "context": contexts,
-            "chosen": chosen,
-            "rejected": rejected,
-        }
-    ).with_columns(
-        pl.lit("missing-context").alias("strategy"),
-        pl.lit("none").alias("negative_source"),
-        pl.concat_str(
-            pl.lit("<bos>User: "),
-            "prompt",
-            pl.lit("\n\nMy requirements for your answer:\n"),
-            "context",
-            pl.lit("\n\nAssistant:\n"),
-        ).alias("chosen_input"),
-        pl.concat_str(pl.lit("<bos>User: "), "prompt", pl.lit("\n\nAssistant:\n")).alias(
-            "rejected_input"
-        ),
-        pl.lit("synthetic").alias("model"),
-        pl.lit(seed, pl.Int64).alias("seed"),
-        pl.lit("stop").alias("chosen_finish_reason"),
-        pl.lit("stop").alias("rejected_finish_reason"),
-        pl.lit(response_words, pl.Int64).alias("chosen_tokens"),
-        pl.lit(response_words, pl.Int64).alias("rejected_tokens"),
-    )
-    # Defects: 0 duplicate of the previous pair, 1 identical, 2 empty rejected, 3 truncated.
-    index = np.arange(n_pairs)
-    kind = np.minimum(rng.random(n_pairs) // max(defect_rate, 1e-12), 4).astype(np.int64)
-    source = np.where((kind == 0) & (index > 0), index - 1, index)
-    frame = frame.select(pl.col("id"), pl.exclude("id").gather(source))
-    kinds = pl.Series("kind", kind)
-    return validate_frame(
-        frame.with_columns(
-            pl.when(kinds == 1)
-            .then(pl.col("chosen"))
-            .when(kinds == 2)
-            .then(pl.lit(""))
-            .otherwise(pl.col("rejected"))
-            .alias("rejected"),
-            pl.when(kinds == 3)
-            .then(pl.lit("length"))
-            .otherwise(pl.col("chosen_finish_reason"))
-            .alias("chosen_finish_reason"),
-        ),
-        GENERATIONS,
-    )

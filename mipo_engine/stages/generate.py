@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import polars as pl
 from pydantic import Field
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from mipo_engine.artifacts.run import (
+    StageRun,
+    check_output_path,
+    require_columns_non_empty,
+)
 from mipo_engine.artifacts.schemas import GENERATIONS, PROMPTS
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.backends.base import (
@@ -23,59 +26,39 @@ from mipo_engine.backends.base import (
     Completion,
     GenerationRequest,
     SamplingConfig,
-    create_backend,
 )
 from mipo_engine.errors import MipoError
-from mipo_engine.models import resolve_model
-from mipo_engine.stages.common import (
-    StageConfig,
-    StageRun,
-    check_output_path,
-    require_columns_non_empty,
+from mipo_engine.modelcalls.running import (
+    BackendHandle,
+    console,
+    finished_rows,
+    run_chunks,
+    write_output,
 )
+from mipo_engine.modelcalls.settings import ServedModelConfig
+from mipo_engine.models import resolve_model
 from mipo_engine.strategies import PairPlan, plan_pairs
 
-console = Console(stderr=True)
-
 Strategy = Literal["missing-context", "random-context", "random-prompt", "prompt"]
-BackendName = Literal["hf", "vllm", "openai"]
 
 
-class GenerateConfig(StageConfig):
+class GenerateConfig(ServedModelConfig):
     prompts: Path
     out: Path
     strategy: Strategy = "missing-context"
-    backend: BackendName = "hf"
-    model: str | None = None
     n_pairs: int = Field(1, ge=1, description="pairs per prompt row")
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0
-    batch_size: int = Field(8, ge=1)
-    chunk_pairs: int = Field(32, ge=1, description="pairs per saved chunk (resume unit)")
     limit: int | None = Field(None, ge=1, description="use only the first N prompt rows")
-    base_url: str | None = None
-    concurrency: int = Field(8, ge=1)
     allow_failures: bool = False
 
-    def identity(self) -> dict[str, object]:
-        """Settings that change the output (batching and concurrency do not)."""
-        return self.model_dump(
-            mode="json", exclude={"batch_size", "chunk_pairs", "concurrency", "out"}
-        )
+    chunk_key: ClassVar[str] = "chunk_pairs"
 
 
 class GenerationFailed(MipoError):
     exit_code = 1
-
-
-def _backend_options(config: GenerateConfig) -> dict[str, object]:
-    if config.backend == "hf":
-        return {"batch_size": config.batch_size}
-    if config.backend == "openai":
-        return {"base_url": config.base_url, "concurrency": config.concurrency}
-    return {}
 
 
 def _pair_rows(
@@ -139,41 +122,34 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
     )
-    owns_backend = backend is None
     failures: list[tuple[str, str]] = []
     new_tokens, started = 0, time.perf_counter()
-    if todo:
-        backend = backend or create_backend(
-            config.backend, config.model, **_backend_options(config)
-        )
-        try:
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=console,
-            ) as progress:
-                task = progress.add_task("pairs", total=len(plans), completed=len(done))
-                for start in range(0, len(todo), config.chunk_pairs):
-                    chunk = todo[start : start + config.chunk_pairs]
-                    requests = []
-                    for plan in chunk:
-                        requests.append(
-                            GenerationRequest(plan.id, plan.chosen_messages, plan.chosen_seed)
-                        )
-                        requests.append(
-                            GenerationRequest(plan.id, plan.rejected_messages, plan.rejected_seed)
-                        )
-                    completions = backend.generate(requests, sampling)
-                    new_tokens += sum(c.num_tokens for c in completions)
-                    frame, chunk_failures = _pair_rows(backend, chunk, completions, config)
-                    journal.append(frame)
-                    failures.extend(chunk_failures)
-                    progress.advance(task, len(chunk))
-        finally:
-            if owns_backend and backend is not None:
-                backend.close()
+
+    def generate_chunk(chunk: list[PairPlan]) -> pl.DataFrame:
+        nonlocal new_tokens
+        requests = []
+        for plan in chunk:
+            requests.append(GenerationRequest(plan.id, plan.chosen_messages, plan.chosen_seed))
+            requests.append(GenerationRequest(plan.id, plan.rejected_messages, plan.rejected_seed))
+        completions = model.get().generate(requests, sampling)
+        new_tokens += sum(c.num_tokens for c in completions)
+        frame, chunk_failures = _pair_rows(model.get(), chunk, completions, config)
+        failures.extend(chunk_failures)
+        return frame
+
+    with BackendHandle(config.backend, config.model, config.backend_options(), backend) as model:
+        if todo:
+            model.get()
+            run_chunks(
+                todo,
+                generate_chunk,
+                journal,
+                chunk_size=config.chunk_size,
+                label="pairs",
+                total=len(plans),
+                done=len(done),
+            )
+        backend = model.opened
     elapsed = time.perf_counter() - started
     if failures and not config.allow_failures:
         shown = "; ".join(f"{pid}: {reason}" for pid, reason in failures[:5])
@@ -182,16 +158,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
             "rerun the same command to retry only the failed ones, or pass --allow-failures "
             "to write the artifact without them."
         )
-    finished = journal.load()
-    if finished is None:
-        finished = GENERATIONS.empty()
-    order = {plan.id: index for index, plan in enumerate(plans)}
-    finished = (
-        finished.filter(pl.col("id").is_in(list(order)))
-        .with_columns(pl.col("id").replace_strict(order, return_dtype=pl.Int64).alias("_order"))
-        .sort("_order")
-        .drop("_order")
-    )
+    finished = finished_rows(journal, GENERATIONS.empty(), [plan.id for plan in plans])
     stats = {
         "pairs": finished.height,
         "planned_pairs": len(plans),
@@ -203,14 +170,14 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
             "chosen": finished["chosen_finish_reason"].value_counts().to_dicts(),
             "rejected": finished["rejected_finish_reason"].value_counts().to_dicts(),
         },
-        "sampling": sampling.__dict__,
+        "sampling": sampling.as_record(),
     }
     if backend is not None:
         stats["backend_stats"] = backend.stats.__dict__
-        dtype = getattr(backend, "generation_dtype", None)  # the hf backend's choice
-        if dtype is not None:
-            stats["generation_dtype"] = str(dtype).removeprefix("torch.")
-    path = run.write(
+        stats.update(backend.resolved_settings())
+    return write_output(
+        run,
+        journal,
         finished,
         GENERATIONS,
         model=config.model or "default",
@@ -218,5 +185,3 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
         seed=config.seed,
         stats=stats,
     )
-    journal.finish()
-    return path

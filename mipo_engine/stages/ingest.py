@@ -12,12 +12,12 @@ from typing import Literal
 import polars as pl
 from pydantic import Field
 
-from mipo_engine.artifacts.schemas import PROMPTS
+from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path
+from mipo_engine.artifacts.schemas import PROMPTS, first_repeat
 from mipo_engine.errors import InputError
 from mipo_engine.resources import resource_dir
 from mipo_engine.sources.builtin import BUILTIN_SETS, in_split
 from mipo_engine.sources.files import normalise_record, read_records
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
 
 Task = Literal["general", "personalization", "math", "mcq"]
 FileFormat = Literal["auto", "jsonl", "csv", "parquet", "gsm8k", "svamp", "arc", "mmlu"]
@@ -119,23 +119,27 @@ def run_ingest(config: IngestConfig) -> Path:
     """Read every input, check ids are unique across them, write the prompts artifact."""
     output = check_output_path(config.out)
     rows: list[dict] = []
-    seen: dict[str, str] = {}
+    origins: list[str] = []  # the input each row came from
     hashed: dict[str, Path | None] = {}
     for index, spec in enumerate(config.inputs):
         input_rows, name, path = _read_input(spec, config)
         hashed[f"input{index}"] = path if path is not None and path.exists() else None
-        for number, row in enumerate(input_rows, start=1):
-            if row["id"] in seen:
-                raise InputError(
-                    f"duplicate id {row['id']!r} (first seen in {seen[row['id']]})",
-                    file=name,
-                    row=number,
-                    field="id",
-                )
-            seen[row["id"]] = name
+        ids = [row["id"] for row in (*rows, *input_rows)]
+        repeat = first_repeat(ids)
+        if repeat is not None:
+            position, first = repeat
+            where = [*origins, *[name] * len(input_rows)]
+            raise InputError(
+                f"duplicate id {ids[position - 1]!r} (first seen in {where[first - 1]})",
+                file=name,
+                row=position - len(rows),
+                field="id",
+            )
+        for row in input_rows:
             if config.task is not None:
                 row["task"] = config.task
             rows.append(row)
+            origins.append(name)
     if config.limit is not None:
         rows = rows[: config.limit]
     if not rows:

@@ -24,25 +24,26 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field
 from rich.console import Console
 
+from mipo_engine.artifacts.run import StageRun, check_output_path, derive_seed
 from mipo_engine.artifacts.schemas import GENERATIONS, PROMPTS
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.backends.base import (
     Backend,
     GenerationRequest,
     SamplingConfig,
-    create_backend,
 )
 from mipo_engine.chat import Message
 from mipo_engine.errors import ConfigError, InputError, MipoError
 from mipo_engine.evaluation.tasks import ANSWER_MARKER
+from mipo_engine.modelcalls.running import BackendHandle, run_chunks, write_output
+from mipo_engine.modelcalls.settings import ServedModelConfig
 from mipo_engine.models import resolve_model
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path, derive_seed
 from mipo_engine.templates import render
 
 console = Console(stderr=True)
@@ -55,7 +56,7 @@ EXTRA_COLUMNS = {
 }
 
 
-class ReviseConfig(StageConfig):
+class ReviseConfig(ServedModelConfig):
     """Settings of ``mipo revise``."""
 
     generations: Path
@@ -64,22 +65,14 @@ class ReviseConfig(StageConfig):
     mode: Literal["examples", "answer"] = "examples"
     prompts: Path | None = None
     """The prompts artifact the pairs came from (``answer`` mode reads its gold answers)."""
-    backend: Literal["hf", "vllm", "openai"] = "hf"
     model: str | None = None
     """The model that revises: the policy that wrote the drafts (default: the default model)."""
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0
-    batch_size: int = Field(8, ge=1)
-    chunk_rows: int = Field(32, ge=1, description="rows per saved chunk (resume unit)")
-    base_url: str | None = None
-    concurrency: int = Field(8, ge=1)
 
-    def identity(self) -> dict[str, object]:
-        return self.model_dump(
-            mode="json", exclude={"batch_size", "chunk_rows", "concurrency", "out"}
-        )
+    chunk_key: ClassVar[str] = "chunk_rows"
 
 
 class RevisionFailed(MipoError):
@@ -171,56 +164,58 @@ def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
     )
-    owns_backend = backend is None and bool(todo)
-    if owns_backend:
-        options: dict[str, object] = {}
-        if config.backend == "hf":
-            options = {"batch_size": config.batch_size, "show_progress": False}
-        elif config.backend == "openai":
-            options = {"base_url": config.base_url, "concurrency": config.concurrency}
-        backend = create_backend(config.backend, config.model, **options)
+    options = config.backend_options()
+    if config.backend == "hf":
+        options["show_progress"] = False  # one line per chunk instead (below)
     failures: list[str] = []
     started, new_tokens = time.perf_counter(), 0
-    try:
-        for start in range(0, len(todo), config.chunk_rows):
-            chunk = todo[start : start + config.chunk_rows]
-            messages = [
-                revision_messages(row, config.mode, gold.get(row["prompt_id"])) for row in chunk
-            ]
-            seeds = [derive_seed(config.seed, row["id"], "revise") for row in chunk]
-            assert backend is not None
-            requests = [
-                GenerationRequest(row["id"], m, s)
-                for row, m, s in zip(chunk, messages, seeds, strict=True)
-            ]
-            completions = backend.generate(requests, sampling)
-            kept = []
-            for row, message, seed, completion in zip(
-                chunk, messages, seeds, completions, strict=True
-            ):
-                if completion.finish_reason == "error" or not completion.text.strip():
-                    failures.append(row["id"])
-                    continue
-                new_tokens += completion.num_tokens
-                kept.append(
-                    {
-                        **row,
-                        "chosen": completion.text,
-                        "chosen_finish_reason": completion.finish_reason,
-                        "chosen_tokens": completion.num_tokens,
-                        "original_chosen": row["chosen"],
-                        "revision_input": backend.render(message),
-                        "revision_mode": config.mode,
-                        "revision_seed": seed,
-                    }
-                )
-            if kept:
-                schema = {**GENERATIONS.polars_schema(), **EXTRA_COLUMNS}
-                journal.append(pl.DataFrame(kept, schema=schema))
-            console.print(f"revised {min(start + len(chunk), len(todo))} of {len(todo)}")
-    finally:
-        if owns_backend and backend is not None:
-            backend.close()
+
+    def revise_chunk(chunk: list[dict[str, Any]]) -> pl.DataFrame | None:
+        nonlocal new_tokens
+        messages = [
+            revision_messages(row, config.mode, gold.get(row["prompt_id"])) for row in chunk
+        ]
+        seeds = [derive_seed(config.seed, row["id"], "revise") for row in chunk]
+        requests = [
+            GenerationRequest(row["id"], m, s)
+            for row, m, s in zip(chunk, messages, seeds, strict=True)
+        ]
+        completions = model.get().generate(requests, sampling)
+        kept = []
+        for row, message, seed, completion in zip(chunk, messages, seeds, completions, strict=True):
+            if completion.finish_reason == "error" or not completion.text.strip():
+                failures.append(row["id"])
+                continue
+            new_tokens += completion.num_tokens
+            kept.append(
+                {
+                    **row,
+                    "chosen": completion.text,
+                    "chosen_finish_reason": completion.finish_reason,
+                    "chosen_tokens": completion.num_tokens,
+                    "original_chosen": row["chosen"],
+                    "revision_input": model.get().render(message),
+                    "revision_mode": config.mode,
+                    "revision_seed": seed,
+                }
+            )
+        if not kept:
+            return None
+        return pl.DataFrame(kept, schema={**GENERATIONS.polars_schema(), **EXTRA_COLUMNS})
+
+    with BackendHandle(config.backend, config.model, options, backend) as model:
+        if todo:
+            model.get()
+        run_chunks(
+            todo,
+            revise_chunk,
+            journal,
+            chunk_size=config.chunk_size,
+            label="revised",
+            total=len(rows),
+            done=len(done),
+            show="lines",
+        )
     if failures:
         raise RevisionFailed(
             f"{len(failures)} of {len(rows)} revisions failed or came back empty "
@@ -238,7 +233,9 @@ def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
         .drop("_order")
     )
     elapsed = time.perf_counter() - started
-    path = run.write(
+    return write_output(
+        run,
+        journal,
         finished,
         GENERATIONS,
         model=config.model or "default",
@@ -249,8 +246,6 @@ def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
             "mode": config.mode,
             "new_tokens_this_run": new_tokens,
             "seconds_this_run": round(elapsed, 3),
-            "sampling": sampling.__dict__,
+            "sampling": sampling.as_record(),
         },
     )
-    journal.finish()
-    return path

@@ -22,30 +22,34 @@ the first unfinished chunk and ends with exactly the rows of an uninterrupted ru
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from mipo_engine.artifacts.pairs import read_pairs
+from mipo_engine.artifacts.run import StageRun, check_output_path
 from mipo_engine.artifacts.schemas import SCORES
-from mipo_engine.backends.base import Backend, create_backend
+from mipo_engine.backends.base import Backend
+from mipo_engine.backends.registry import LocalBackendChoice, backend_options
 from mipo_engine.chat import Message, build_messages
-from mipo_engine.stages.common import StageConfig, StageRun, check_output_path
-from mipo_engine.training.data import read_pairs
-
-console = Console(stderr=True)
+from mipo_engine.modelcalls.running import (
+    BackendHandle,
+    console,
+    finished_rows,
+    run_chunks,
+    write_output,
+)
+from mipo_engine.modelcalls.settings import ModelCallConfig
 
 PERSONALIZATION_STRATEGIES = ("missing-context", "random-context", "prompt")
 PROMPT_STRATEGIES = ("random-prompt",)
 
 
-class ScoreConfig(StageConfig):
+class ScoreConfig(ModelCallConfig):
     """Settings of ``mipo score``."""
 
     generations: Path
@@ -53,20 +57,18 @@ class ScoreConfig(StageConfig):
     out: Path
     model: str | None = None
     """The reference model; None: the default catalogue model (``mipo models``)."""
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: LocalBackendChoice = "hf"
     batch_size: int = Field(8, ge=1, description="sequences per forward batch (hf)")
     max_length: int = Field(1024, ge=8, description="tokens per prompt + response")
     pmi: bool = True
     """Also score the chosen response under the alternative conditioning (pmi_chosen)."""
-    chunk_rows: int = Field(64, ge=1, description="pairs per saved chunk (resume unit)")
+    chunk_size: int = Field(64, ge=1, description="pairs per saved chunk (resume unit)")
     adapter: str | None = None
     """A LoRA adapter folder to score with (hf), e.g. a previous round's policy."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Weights dtype (hf): auto = bf16 on GPU, fp32 on CPU, like ``mipo train``."""
 
-    def identity(self) -> dict[str, object]:
-        """Settings that change the output (batching does not)."""
-        return self.model_dump(mode="json", exclude={"batch_size", "chunk_rows", "out"})
+    chunk_key: ClassVar[str] = "chunk_rows"
 
 
 def alternative_prompt(row: dict[str, Any], render: Callable[[list[Message]], str]) -> str | None:
@@ -83,18 +85,16 @@ def alternative_prompt(row: dict[str, Any], render: Callable[[list[Message]], st
 
 
 def _backend_options(config: ScoreConfig) -> dict[str, object]:
-    if config.backend == "hf":
-        return {"batch_size": config.batch_size, "adapter": config.adapter, "dtype": config.dtype}
-    return {}
+    return backend_options(
+        config.backend, batch_size=config.batch_size, adapter=config.adapter, dtype=config.dtype
+    )
 
 
 def _score(
     backend: Backend, prompts: list[str], responses: list[str], max_length: int
 ) -> list[Any]:
-    """``backend.score`` with the shared truncation rule when the backend supports it."""
-    if "max_length" in inspect.signature(backend.score).parameters:
-        return backend.score(prompts, responses, max_length=max_length)  # type: ignore[call-arg]
-    return backend.score(prompts, responses)
+    """``backend.score`` with the shared truncation rule."""
+    return backend.score(prompts, responses, max_length=max_length)
 
 
 def score_rows(
@@ -127,16 +127,6 @@ def score_rows(
     )
 
 
-def _in_input_order(finished: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
-    order = {pair_id: index for index, pair_id in enumerate(ids)}
-    return (
-        finished.filter(pl.col("id").is_in(ids))
-        .with_columns(pl.col("id").replace_strict(order, return_dtype=pl.Int64).alias("_order"))
-        .sort("_order")
-        .drop("_order")
-    )
-
-
 def _stats(frame: pl.DataFrame, tokens: int, seconds: float) -> dict[str, Any]:
     pmi = frame["pmi_chosen"].drop_nulls()
     return {
@@ -153,18 +143,12 @@ def _stats(frame: pl.DataFrame, tokens: int, seconds: float) -> dict[str, Any]:
 def run_score(config: ScoreConfig, *, backend: Backend | None = None) -> Path:
     """Score the pairs of ``config.generations`` into ``config.out``; return the output path."""
     output = check_output_path(config.out, config.generations)
-    holder: dict[str, Backend] = {}
+    with BackendHandle(config.backend, config.model, _backend_options(config), backend) as model:
+        return _score_pairs(config, output, model)
 
-    def get_backend() -> Backend:
-        if backend is not None:
-            return backend
-        if "backend" not in holder:
-            holder["backend"] = create_backend(
-                config.backend, config.model, **_backend_options(config)
-            )
-        return holder["backend"]
 
-    pairs = read_pairs(config.generations, render=lambda m: get_backend().render(m))
+def _score_pairs(config: ScoreConfig, output: Path, model: BackendHandle) -> Path:
+    pairs = read_pairs(config.generations, render=lambda m: model.get().render(m))
     run = StageRun("score", output, config.identity(), {"generations": config.generations})
     journal = run.journal()
     done = journal.done_ids()
@@ -172,36 +156,30 @@ def run_score(config: ScoreConfig, *, backend: Backend | None = None) -> Path:
     if done:
         console.print(f"Resuming: {len(done)} of {pairs.height} pairs already scored.")
     tokens, started = 0, time.perf_counter()
-    try:
-        if todo:
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=console,
-            ) as progress:
-                task = progress.add_task("pairs", total=pairs.height, completed=len(done))
-                for start in range(0, len(todo), config.chunk_rows):
-                    chunk = todo[start : start + config.chunk_rows]
-                    frame = score_rows(
-                        get_backend(), chunk, max_length=config.max_length, pmi=config.pmi
-                    )
-                    journal.append(frame)
-                    tokens += int(frame["chosen_tokens"].sum() + frame["rejected_tokens"].sum())
-                    progress.advance(task, len(chunk))
-    finally:
-        if "backend" in holder:
-            holder["backend"].close()
-    finished = journal.load()
-    finished = SCORES.empty() if finished is None else finished
-    finished = _in_input_order(finished, pairs["id"].to_list())
-    path = run.write(
+
+    def score_chunk(chunk: list[dict[str, Any]]) -> pl.DataFrame:
+        nonlocal tokens
+        frame = score_rows(model.get(), chunk, max_length=config.max_length, pmi=config.pmi)
+        tokens += int(frame["chosen_tokens"].sum() + frame["rejected_tokens"].sum())
+        return frame
+
+    if todo:
+        run_chunks(
+            todo,
+            score_chunk,
+            journal,
+            chunk_size=config.chunk_size,
+            label="pairs",
+            total=pairs.height,
+            done=len(done),
+        )
+    finished = finished_rows(journal, SCORES.empty(), pairs["id"].to_list())
+    return write_output(
+        run,
+        journal,
         finished,
         SCORES,
         model=config.model or "default",
         backend=config.backend,
         stats=_stats(finished, tokens, time.perf_counter() - started),
     )
-    journal.finish()
-    return path

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from rich.progress import (
 )
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-METRICS_FILE = "metrics.jsonl"
+from mipo_engine.artifacts.metrics_log import read_metrics
 
 
 class MetricAccumulator:
@@ -56,20 +58,6 @@ class MetricAccumulator:
         self._sums.clear()
         self._counts.clear()
         return means
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file, in order (a torn last line is ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a run killed mid-write leaves at most one partial last line
-    return records
 
 
 def truncate_metrics(path: str | Path, last_step: int) -> None:
@@ -180,3 +168,60 @@ class LogLastStepCallback(TrainerCallback):
     ) -> None:
         if state.global_step >= state.max_steps:
             control.should_log = True
+
+
+def logging_callbacks(metrics_file: Path, *, progress: Console | None) -> list[TrainerCallback]:
+    """Our callbacks in place of Trainer's printing and tqdm bar (see ``quiet_trainer``): a
+    log at the last step, the metrics file, and the rich progress bar when ``progress``
+    names the console to draw it on."""
+    callbacks: list[TrainerCallback] = [LogLastStepCallback(), MetricsFileCallback(metrics_file)]
+    if progress is not None:
+        callbacks.append(RichProgressCallback(progress))
+    return callbacks
+
+
+def quiet_trainer(trainer: Any) -> Any:
+    """Remove Trainer's own printer and tqdm bar (``logging_callbacks`` replace them)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def close_callbacks(trainer: Any) -> None:
+    """Stop the progress display (and anything else that holds a resource), even after a
+    failed run."""
+    for callback in trainer.callback_handler.callbacks:
+        if hasattr(callback, "close"):
+            callback.close()
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def run_stats(
+    trainer: Any,
+    result: Any,
+    records: list[dict[str, Any]],
+    seconds: float,
+    *,
+    tokens: bool = False,
+) -> dict[str, Any]:
+    """The ``stats`` of a run's manifest: steps, runtime, peak memory, the last log, and
+    with ``tokens`` the input tokens seen and their rate."""
+    runtime = dict(result.metrics).get("train_runtime") or seconds
+    stats = {
+        "global_step": trainer.state.global_step,
+        "train_runtime_s": runtime,
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "last_logged": records[-1] if records else None,
+    }
+    if tokens:
+        seen = trainer.state.num_input_tokens_seen
+        stats["input_tokens_seen"] = seen
+        stats["tokens_per_second"] = round(seen / runtime, 2) if runtime else None
+    return stats

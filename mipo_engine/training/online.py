@@ -12,13 +12,16 @@ when the row has one, the user's context (``chat.build_messages``).
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from mipo_engine.training.rewards import Reward, RewardItem
+from mipo_engine.backends.registry import create_backend
+from mipo_engine.training.rewards import REWARDS, Reward, RewardItem, build_reward
 
 
 @dataclass(frozen=True)
@@ -153,27 +156,30 @@ def unparsed_replies(reward: Reward) -> list[dict[str, str]]:
     return [reply for judge in _judges(reward) for reply in judge.unparsed_replies]
 
 
-@dataclass(frozen=True)
-class OnlineSettings:
-    """What TRL's config needs beyond the Trainer's own arguments."""
+def save_unparsed_replies(reward: Reward, path: Path) -> int:
+    """Append the judge replies this run could not read to ``path`` (JSON lines, kept for
+    inspection); return how many there were."""
+    replies = unparsed_replies(reward)
+    if replies:
+        with open(path, "a", encoding="utf-8") as handle:
+            for reply in replies:
+                handle.write(json.dumps(reply) + "\n")
+    return len(replies)
 
-    num_generations: int
-    max_completion_length: int
-    temperature: float
-    kl_coef: float
 
-
-def online_arguments(method: str, base: dict[str, Any], settings: OnlineSettings) -> Any:
-    """``GRPOConfig``/``RLOOConfig`` from the shared Trainer arguments and ``settings``."""
+def online_arguments(config: Any, base: dict[str, Any]) -> Any:
+    """``GRPOConfig``/``RLOOConfig`` from the shared Trainer arguments and a ``TrainConfig``'s
+    sampling settings (``num_generations``, ``max_completion_length``, ``temperature``,
+    ``kl_coef``)."""
     import trl
 
-    config_class = trl.GRPOConfig if method == "grpo" else trl.RLOOConfig
+    config_class = trl.GRPOConfig if config.method == "grpo" else trl.RLOOConfig
     return config_class(
         **base,
-        num_generations=settings.num_generations,
-        max_completion_length=settings.max_completion_length,
-        temperature=settings.temperature,
-        beta=settings.kl_coef,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        beta=config.kl_coef,
         disable_dropout=True,
         shuffle_dataset=True,
         log_completions=False,
@@ -205,3 +211,46 @@ def build_online_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+
+def reward_backends(config: Any, *, cuda: bool) -> tuple[Any, Any]:
+    """(frozen reference backend or None, judge backend or None) for ``config.reward``.
+
+    The reference is the starting model, served by the hf backend; the judge is the same
+    backend (``--judge-model reference``), another local model, or an OpenAI-compatible
+    server (``--judge-base-url``).
+    """
+    spec = REWARDS[config.reward or ""]
+    device = "cuda" if cuda else "cpu"
+    judge_is_reference = config.judge_model == "reference" and not config.judge_base_url
+    reference = None
+    if spec.needs_reference or (spec.needs_judge and judge_is_reference):
+        reference = create_backend(
+            "hf", config.model, device=device, dtype="auto", show_progress=False
+        )
+    judge = None
+    if spec.needs_judge and config.judge_base_url:
+        judge = create_backend("openai", config.judge_model, base_url=config.judge_base_url)
+    elif spec.needs_judge:
+        judge = (
+            reference
+            if judge_is_reference
+            else create_backend("hf", config.judge_model, device=device, show_progress=False)
+        )
+    return (reference if spec.needs_reference else None), judge
+
+
+def online_reward(config: Any, *, cuda: bool) -> tuple[Reward, list[Any]]:
+    """The reward ``config.reward`` names, and the backends it holds (close them after
+    training)."""
+    reference, judge = reward_backends(config, cuda=cuda)
+    reward = build_reward(
+        config.reward or "",
+        reference=reference,
+        judge=judge,
+        judge_weight=config.judge_weight,
+        mi_weight=config.mi_weight,
+        max_length=config.max_length,
+        judge_max_new_tokens=config.judge_max_new_tokens,
+    )
+    return reward, list({id(b): b for b in (reference, judge) if b is not None}.values())

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mipo_engine.training.metrics import read_metrics
+from mipo_engine.artifacts.metrics_log import read_metrics
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

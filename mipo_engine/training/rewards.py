@@ -129,9 +129,8 @@ class JudgeReward(Reward):
 
     def _ask(self, requests: list[GenerationRequest]) -> list[str]:
         sampling = SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=0.0)
-        structured = getattr(self.judge, "generate_structured", None)
-        if structured is not None:
-            completions = structured(requests, sampling, list(SCORE_CHOICES))
+        if self.judge.supports_structured:
+            completions = self.judge.generate_structured(requests, sampling, SCORE_CHOICES)
         else:
             completions = self.judge.generate(requests, sampling)
         return [c.text if c.finish_reason != "error" else "" for c in completions]

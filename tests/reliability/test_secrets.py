@@ -199,7 +199,8 @@ def test_template_syntax_in_prompts_reaches_generations_verbatim(
 def test_template_syntax_in_responses_reaches_the_judge_verbatim() -> None:
     """The judge prompt is filled in one pass: a response holding ``${prompt}`` or Jinja is
     shown as written, and the prompt's own text is not substituted into it."""
-    from mipo_engine.stages.judge import JudgedResponse, Judgment, rlaif_judge_messages
+    from mipo_engine.judging.judge import rlaif_judge_messages
+    from mipo_engine.judging.targets import JudgedResponse, Judgment
 
     response = "Sure: ${prompt} {{ 7*7 }} {% raw %}"
     target = JudgedResponse("r1", "response", TEMPLATE_PROMPT, response, TEMPLATE_CONTEXT,

@@ -30,7 +30,7 @@ from mipo_engine.chat import build_messages, render_chat
 
 
 def test_numerics_suite_covers_every_registered_loss_and_prior() -> None:
-    from mipo_engine.training.losses import LOSSES
+    from mipo_engine.training.loss_registry import LOSSES
     from mipo_engine.training.priors import PRIORS
     from tests import test_losses_numerics as numerics
 

@@ -1,4 +1,5 @@
-"""What every stage shares: settings validation, seeds, input description, output writing."""
+"""The stage run kernel every stage shares: settings validation, seeds, input description,
+the row journal and output writing (artifact plus manifest)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,22 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from mipo_engine import __version__
 from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import (
     build_manifest,
     describe_inputs,
     fingerprint,
     now_iso,
+    redact,
 )
 from mipo_engine.artifacts.schemas import ArtifactSchema
-from mipo_engine.artifacts.store import is_complete, read_manifest, write_artifact
+from mipo_engine.artifacts.store import (
+    is_complete,
+    read_manifest,
+    write_artifact,
+    write_json_atomic,
+)
 from mipo_engine.errors import ConfigError, InputError
 
 
@@ -35,7 +43,17 @@ class StageConfig(BaseModel):
         except ValidationError as error:
             first = error.errors()[0]
             key = ".".join(str(part) for part in first["loc"]) or None
-            raise ConfigError(first["msg"], key=key) from None
+            raise ConfigError(first["msg"], key=cls.option_name(key)) from None
+
+    @classmethod
+    def option_name(cls, field: str | None) -> str | None:
+        """The name users write for ``field`` (a subclass may keep an older spelling)."""
+        return field
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """Every setting users may give (CLI options, config keys), by the names they write."""
+        return {name for field in cls.model_fields if (name := cls.option_name(field))}
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -105,6 +123,34 @@ class StageRun:
             stats=stats,
         )
         return write_artifact(frame, self.output, schema, manifest)
+
+    def write_folder_manifest(
+        self,
+        path: Path,
+        *,
+        settings: dict[str, Any],
+        model: str | None,
+        stats: dict[str, Any],
+        **fields: Any,
+    ) -> Path:
+        """The manifest of a stage whose output is a folder (``mipo train``), written last
+        and atomically: its presence marks the run complete. ``settings`` is the whole
+        configuration recorded (the fingerprint covers ``self.config`` only); ``fields`` are
+        the stage's own entries."""
+        manifest = {
+            "stage": self.stage,
+            "package_version": __version__,
+            "config": redact(settings),
+            "fingerprint": self.fingerprint,
+            "inputs": self.input_info,
+            "model": model,
+            **fields,
+            "stats": redact(stats),
+            "started_at": self.started_at,
+            "finished_at": now_iso(),
+        }
+        write_json_atomic(path, manifest)
+        return path
 
 
 def require_columns_non_empty(frame: Any, columns: list[str], file: Path) -> None:

@@ -1,0 +1,91 @@
+"""Settings shared by the stages that call a model."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field, model_validator
+
+from mipo_engine.artifacts.run import StageConfig
+from mipo_engine.backends.base import SamplingConfig
+from mipo_engine.backends.registry import BackendChoice, LocalBackendChoice, backend_options
+from mipo_engine.modelcalls.asking import RetryPolicy
+
+BackendName = BackendChoice
+LocalBackendName = LocalBackendChoice
+
+EXECUTION_FIELDS = frozenset({"batch_size", "chunk_size", "concurrency", "out"})
+"""Settings that change how a run executes, not what it writes: left out of its identity."""
+
+
+class ModelCallConfig(StageConfig):
+    """Base settings of a stage that calls a model.
+
+    ``chunk_size`` is the resume unit: rows finished together and saved as one journal part.
+    Each stage keeps the option name its users know for it (``chunk_key``: ``chunk_rows``,
+    ``chunk_items`` or ``chunk_pairs``); both spellings are accepted and errors use the
+    stage's own.
+    """
+
+    backend: BackendName = "hf"
+    model: str | None = None
+    batch_size: int = Field(8, ge=1)
+    chunk_size: int = Field(32, ge=1, description="rows per saved chunk (resume unit)")
+
+    chunk_key: ClassVar[str] = "chunk_size"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _chunk_option(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.chunk_key != "chunk_size" and cls.chunk_key in data:
+            data = dict(data)
+            if "chunk_size" in data:
+                raise ValueError(f"give {cls.chunk_key} or chunk_size, not both")
+            data["chunk_size"] = data.pop(cls.chunk_key)
+        return data
+
+    @classmethod
+    def option_name(cls, field: str | None) -> str | None:
+        return cls.chunk_key if field == "chunk_size" else field
+
+    def identity(self) -> dict[str, object]:
+        """Settings that change the output (batching, chunking, concurrency and paths do not)."""
+        return self.model_dump(mode="json", exclude=set(EXECUTION_FIELDS))
+
+
+class ServedModelConfig(ModelCallConfig):
+    """Settings of a stage that may also call a model behind an OpenAI-compatible server."""
+
+    base_url: str | None = None
+    concurrency: int = Field(8, ge=1)
+
+    def backend_options(self) -> dict[str, object]:
+        """Constructor options for ``create_backend`` that apply to the chosen backend."""
+        return backend_options(
+            self.backend,
+            batch_size=self.batch_size,
+            base_url=self.base_url,
+            concurrency=self.concurrency,
+        )
+
+
+class AskingConfig(ServedModelConfig):
+    """Settings of a stage whose replies are validated and asked again when unusable."""
+
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="first attempt (0 = greedy)")
+    retry_temperature: float = Field(0.7, ge=0.0, description="attempts after the first")
+    max_attempts: int = Field(3, ge=1, le=20)
+    structured: bool = True
+    """Constrain replies to the expected layout when the backend supports it (vLLM)."""
+    seed: int = 0
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            sampling=SamplingConfig(
+                max_new_tokens=self.max_new_tokens, temperature=self.temperature
+            ),
+            retry_temperature=self.retry_temperature,
+            max_attempts=self.max_attempts,
+            seed=self.seed,
+        )
