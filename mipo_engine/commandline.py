@@ -216,13 +216,14 @@ def command_function(
     specs: list[OptionSpec],
     action: Callable[..., Any],
     *,
-    extra: list[inspect.Parameter] = (),  # type: ignore[assignment]
+    extra: list[OptionSpec] = (),  # type: ignore[assignment]
     doc: str | None = None,
 ) -> Callable[..., Any]:
-    """A function Typer turns into a command: its parameters are ``specs`` (then ``extra``);
-    it calls ``action(settings, **extras)`` with the settings as the config class names them."""
+    """A function Typer turns into a command: its parameters are ``specs`` and ``extra``. It
+    calls ``action(settings, **extras)``: the settings by the names the settings class takes,
+    the extra options by their parameter names."""
     parameters = []
-    for spec in specs:
+    for spec in [*specs, *extra]:
         annotated = typing.Annotated[spec.annotation, _typer_marker(spec)]
         default = inspect.Parameter.empty if spec.default is PydanticUndefined else spec.default
         parameters.append(
@@ -230,11 +231,10 @@ def command_function(
                 spec.param, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotated
             )
         )
-    extra = list(extra)
     # Positional arguments keep their order before the options, as Click lists them.
     parameters.sort(key=lambda p: not _is_argument(p))
-    parameters.extend(extra)
     by_param = {spec.param: spec for spec in specs}
+    extra_by_param = {spec.param: spec for spec in extra}
 
     def command(**values: Any) -> Any:
         settings = {
@@ -242,7 +242,11 @@ def command_function(
             for name, value in values.items()
             if name in by_param
         }
-        extras = {name: value for name, value in values.items() if name not in by_param}
+        extras = {
+            name: extra_by_param[name].value(value)
+            for name, value in values.items()
+            if name in extra_by_param
+        }
         return action(settings, **extras)
 
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
@@ -264,15 +268,19 @@ def build_command(
     config: type[BaseModel],
     action: Callable[..., Any],
     *,
-    extra: list[inspect.Parameter] = (),  # type: ignore[assignment]
+    extra: type[BaseModel] | None = None,
     optional: frozenset[str] = frozenset(),
 ) -> Any:
-    """The Click command ``name`` with one option per field of ``config`` (and ``extra``)."""
+    """The Click command ``name``: one option per field of ``config``, then of ``extra`` (a
+    command's own options, such as those of ``eval --compare``)."""
     import typer
     import typer.main
 
     function = command_function(
-        option_specs(config, optional=optional), action, extra=extra, doc=help
+        option_specs(config, optional=optional),
+        action,
+        extra=option_specs(extra) if extra is not None else [],
+        doc=help,
     )
     app = typer.Typer(add_completion=False)
     app.command(name, help=help)(function)

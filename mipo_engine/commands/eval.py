@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.console import Console
 
 from mipo_engine.commands.shared import call_stage, done
@@ -25,34 +23,22 @@ def _compare(outputs: list[Path], out: Path | None, labels: list[str] | None) ->
     return write_comparison(entries, out) if out is not None else None
 
 
-def _extra_parameters() -> list[inspect.Parameter]:
-    """The options of ``--compare``, next to the stage's own (from ``EvalConfig``)."""
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    outputs = typer.Argument(
-        help="With --compare: the eval outputs (.parquet) to put side by side."
-    )
-    compare = typer.Option(
-        "--compare",
-        help="Compare eval outputs given as arguments instead of evaluating: side-by-side "
-        "table with bootstrap 95% intervals and paired differences to the first.",
-    )
-    label = typer.Option(help="With --compare: a name per output (repeat).")
-    return [
-        inspect.Parameter(
-            "outputs", keyword, default=None, annotation=Annotated[list[Path] | None, outputs]
-        ),
-        inspect.Parameter("compare", keyword, default=False, annotation=Annotated[bool, compare]),
-        inspect.Parameter(
-            "label", keyword, default=None, annotation=Annotated[list[str] | None, label]
-        ),
-    ]
+def __getattr__(name: str) -> Any:
+    """``command``: the eval command as a plain function for ``app.command()`` (built on use)."""
+    if name != "command":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from mipo_engine.commandline import command_function, option_specs
+    from mipo_engine.stages.eval import CompareOptions, EvalConfig
+
+    kind = STAGE_KINDS["eval"]
+    specs = option_specs(EvalConfig, optional=kind.cli_optional)
+    return command_function(specs, evaluate, extra=option_specs(CompareOptions), doc=kind.help)
 
 
 def build() -> Any:
     """``mipo eval``: the stage's options (``--task`` and ``--out`` checked here, as
     ``--compare`` needs neither) and the options of ``--compare``."""
-    kind = STAGE_KINDS["eval"]
-    return kind.command(evaluate, extra=_extra_parameters(), optional=frozenset({"task", "out"}))
+    return STAGE_KINDS["eval"].command(evaluate)
 
 
 def evaluate(

@@ -28,6 +28,8 @@ class StageKind:
     directory_output: bool = False
     help: str = ""  # the command's help text
     noun: str = ""  # what ``mipo <name>`` reports it wrote; default: ``produces``
+    extra_ref: str | None = None  # "module:ClassName": the command's options beyond the stage's
+    cli_optional: frozenset[str] = frozenset()  # required settings the command checks itself
 
     def config_class(self) -> Any:
         module, name = self.config_ref.split(":")
@@ -37,7 +39,7 @@ class StageKind:
         module, name = self.run_ref.split(":")
         return getattr(importlib.import_module(module), name)
 
-    def command(self, action: Callable[..., Any] | None = None, **options: Any) -> Any:
+    def command(self, action: Callable[..., Any] | None = None) -> Any:
         """``mipo <name>`` as Click sees it (options and arguments, in the CLI's order).
 
         Built from the settings class as ``cli.py`` builds it, so the dataset card writes
@@ -46,8 +48,17 @@ class StageKind:
         """
         from mipo_engine.commandline import build_command
 
+        extra = None
+        if self.extra_ref is not None:
+            module, name = self.extra_ref.split(":")
+            extra = getattr(importlib.import_module(module), name)
         return build_command(
-            self.name, self.help, self.config_class(), action or _describe_only, **options
+            self.name,
+            self.help,
+            self.config_class(),
+            action or _describe_only,
+            extra=extra,
+            optional=self.cli_optional,
         )
 
 
@@ -157,6 +168,8 @@ STAGE_KINDS: dict[str, StageKind] = {
             "eval",
             help="Evaluate a model: math and MCQ accuracy, answer entropy, IFEval, personalization.",
             noun="eval results",
+            extra_ref=f"{_S}.eval:CompareOptions",
+            cli_optional=frozenset({"task", "out"}),  # --compare needs neither
         ),
         StageKind(
             "publish",

@@ -44,7 +44,13 @@ from mipo_engine.errors import MipoError
 from mipo_engine.judging.constraints import count_sentences
 from mipo_engine.judging.validation import parse_json_object, validate_user_context
 from mipo_engine.modelcalls.asking import Query, Reply, ask_with_retries
-from mipo_engine.modelcalls.running import BackendHandle, console, finished_rows, run_chunks
+from mipo_engine.modelcalls.running import (
+    BackendHandle,
+    console,
+    finished_rows,
+    run_chunks,
+    unfinished,
+)
 from mipo_engine.modelcalls.settings import AskingConfig
 from mipo_engine.sources.preferences import (
     PreferenceExample,
@@ -422,10 +428,7 @@ def run_contexts(config: ContextsConfig, *, backend: Backend | None = None) -> P
         return output
     rows = _source_rows(config)
     journal = run.journal(key="source_id")
-    done = journal.done_ids()
-    todo = [row for row in rows if row.source_id not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {len(rows)} rows already done.")
+    todo, _ = unfinished(journal, rows, "rows already done", key=lambda row: row.source_id)
     started = time.perf_counter()
     with BackendHandle(config.backend, config.model, config.backend_options(), backend) as model:
         run_chunks(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import polars as pl
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from rich.console import Console
 
 from mipo_engine.artifacts.journal import RowJournal
@@ -67,7 +67,7 @@ from mipo_engine.evaluation.tasks import (
     letter_continuations,
     load_items,
 )
-from mipo_engine.modelcalls.running import run_chunks
+from mipo_engine.modelcalls.running import run_chunks, unfinished
 from mipo_engine.modelcalls.settings import LocalBackendName, ModelCallConfig
 from mipo_engine.sources.benchmarks import EVAL_STOP_SEQUENCES, choice_labels, eval_prompt
 from mipo_engine.sources.ifeval import read_responses
@@ -77,6 +77,20 @@ console = Console(stderr=True)
 BackendName = LocalBackendChoice
 JudgeBackendName = BackendChoice
 JudgeMode = Literal["rubric", "rlaif", "verify"]
+
+
+class CompareOptions(BaseModel):
+    """The options of ``mipo eval --compare``: the command's own, beside ``EvalConfig``'s."""
+
+    outputs: Annotated[list[Path] | None, Cli(argument=True)] = Field(
+        None, description="With --compare: the eval outputs (.parquet) to put side by side."
+    )
+    compare: Annotated[bool, Cli("--compare")] = Field(
+        False,
+        description="Compare eval outputs given as arguments instead of evaluating: "
+        "side-by-side table with bootstrap 95% intervals and paired differences to the first.",
+    )
+    label: list[str] | None = Field(None, description="With --compare: a name per output (repeat).")
 
 
 class EvalConfig(ModelCallConfig):
@@ -530,10 +544,7 @@ def _generate_all(
     base: Backend | None,
 ) -> int:
     """Evaluate the units the journal does not hold yet; return how many were evaluated."""
-    done = journal.done_ids()
-    todo = [unit for unit in units if unit.id not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {len(units)} responses already evaluated.")
+    todo, done = unfinished(journal, units, "responses already evaluated", key=lambda unit: unit.id)
     if not todo:
         return 0
     with _open_backends(config, policy, base) as backends:

@@ -31,9 +31,9 @@ from mipo_engine.commandline import Cli
 from mipo_engine.errors import MipoError
 from mipo_engine.modelcalls.running import (
     BackendHandle,
-    console,
     finished_rows,
     run_chunks,
+    unfinished,
     write_output,
 )
 from mipo_engine.modelcalls.settings import ServedModelConfig
@@ -125,10 +125,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
         plans = [plan for plan in plans if plan.prompt_id in kept]
     run = StageRun("generate", output, config.identity(), {"prompts": config.prompts})
     journal = run.journal(reuse_output=True)  # failed pairs are not in the output
-    done = journal.done_ids()
-    todo = [p for p in plans if p.id not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {len(plans)} pairs already generated.")
+    todo, done = unfinished(journal, plans, "pairs already generated", key=lambda p: p.id)
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
     )

@@ -42,7 +42,7 @@ from mipo_engine.chat import Message
 from mipo_engine.commandline import Cli
 from mipo_engine.errors import ConfigError, InputError, MipoError
 from mipo_engine.evaluation.tasks import ANSWER_MARKER
-from mipo_engine.modelcalls.running import BackendHandle, run_chunks, write_output
+from mipo_engine.modelcalls.running import BackendHandle, run_chunks, unfinished, write_output
 from mipo_engine.modelcalls.settings import ServedModelConfig
 from mipo_engine.models import resolve_model
 from mipo_engine.templates import render
@@ -172,10 +172,7 @@ def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
         {"generations": config.generations, "prompts": config.prompts},
     )
     journal = run.journal()
-    done = journal.done_ids()
-    todo = [row for row in rows if row["id"] not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {len(rows)} revisions already written.")
+    todo, done = unfinished(journal, rows, "revisions already written", key=lambda row: row["id"])
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
     )

@@ -39,9 +39,9 @@ from mipo_engine.chat import Message, build_messages
 from mipo_engine.commandline import Cli
 from mipo_engine.modelcalls.running import (
     BackendHandle,
-    console,
     finished_rows,
     run_chunks,
+    unfinished,
     write_output,
 )
 from mipo_engine.modelcalls.settings import ModelCallConfig
@@ -168,10 +168,8 @@ def _score_pairs(config: ScoreConfig, output: Path, model: BackendHandle) -> Pat
     pairs = read_pairs(config.generations, render=lambda m: model.get().render(m))
     run = StageRun("score", output, config.identity(), {"generations": config.generations})
     journal = run.journal()
-    done = journal.done_ids()
-    todo = [row for row in pairs.iter_rows(named=True) if row["id"] not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {pairs.height} pairs already scored.")
+    rows = list(pairs.iter_rows(named=True))
+    todo, done = unfinished(journal, rows, "pairs already scored", key=lambda row: row["id"])
     tokens, started = 0, time.perf_counter()
 
     def score_chunk(chunk: list[dict[str, Any]]) -> pl.DataFrame:
