@@ -1,4 +1,4 @@
-"""Command-line options declared once, on a stage's settings class, and the commands built from them.
+"""Command-line options declared once, on a stage's settings class, and commands built from them.
 
 Every field of a settings class (a pydantic model) is an option of its command: the field's
 ``description`` is the option's help text, its default the option's default, its type the
@@ -28,14 +28,14 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Cli:
     """How a settings field appears on the command line, where its name and type do not say.
 
     ``names``: the option's flags (``"--out", "-o"``; ``"--drop-empty/--keep-empty"``); default
     ``--field-name`` (``--x/--no-x`` for a bool). ``param``: the parameter name when it differs
     from the setting's (``file_format`` for ``format``). ``argument``: positional. ``comma``: a
-    list given as one comma-separated value. ``text``: the CLI passes the text as written and the
+    list given as one comma-separated value (items stripped, empty ones dropped). ``text``: the CLI passes the text as written and the
     settings class parses it; ``default`` is then the text shown as default. ``hidden``: a
     setting of config files only.
     """
