@@ -1,29 +1,49 @@
-"""The ``mipo`` command line: one command per stage; each parses options and calls the stage.
+"""The ``mipo`` command line: one command per stage, built from the stage registry.
 
-The stage code lives in ``mipo_engine.stages``; the option parsing of each command in
-``mipo_engine.commands``. Imports of heavy libraries happen inside the commands, so
-``mipo --help`` is fast.
+Each stage's options are the fields of its settings class (``mipo_engine.commandline``); the
+few commands with code of their own live in ``mipo_engine.commands``. A stage's command is
+built when it is used, so ``mipo --help`` imports no stage and stays fast.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
 
 from mipo_engine import __version__
-from mipo_engine.commands import contexts as contexts_command
 from mipo_engine.commands import eval as eval_command
-from mipo_engine.commands import export as export_command
-from mipo_engine.commands import generate, ingest
-from mipo_engine.commands import judge as judge_command
 from mipo_engine.commands import lab as lab_command
 from mipo_engine.commands import models as models_command
 from mipo_engine.commands import publish as publish_command
 from mipo_engine.commands import report as report_command
-from mipo_engine.commands import revise as revise_command
-from mipo_engine.commands import rubrics as rubrics_command
 from mipo_engine.commands import run as run_command
-from mipo_engine.commands import score as score_command
-from mipo_engine.commands import train as train_command
+from mipo_engine.commands.stages import lazy_stage_command
+
+# The stage commands in the order ``mipo --help`` lists them; eval and publish add their own.
+STAGE_COMMANDS = {
+    "ingest": None,
+    "generate": None,
+    "contexts": None,
+    "rubrics": None,
+    "judge": None,
+    "revise": None,
+    "score": None,
+    "train": None,
+    "eval": eval_command.build,
+    "export": None,
+    "publish": publish_command.build,
+}
+
+
+class MipoGroup(TyperGroup):
+    """The ``mipo`` group: the stage commands first, then the commands registered below."""
+
+    def __init__(self, *args: Any, commands: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        stages = {name: lazy_stage_command(name, build) for name, build in STAGE_COMMANDS.items()}
+        super().__init__(*args, commands={**stages, **(commands or {})}, **kwargs)
+
 
 app = typer.Typer(
     name="mipo",
@@ -31,19 +51,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=MipoGroup,
 )
 
-app.command("ingest")(ingest.command)
-app.command("generate")(generate.command)
-app.command("contexts")(contexts_command.command)
-app.command("rubrics")(rubrics_command.command)
-app.command("judge")(judge_command.command)
-app.command("revise")(revise_command.command)
-app.command("score")(score_command.command)
-app.command("train")(train_command.command)
-app.command("eval")(eval_command.command)
-app.command("export")(export_command.command)
-app.command("publish")(publish_command.command)
 app.add_typer(lab_command.app, name="lab")
 app.command("run")(run_command.command)
 app.command("report")(report_command.command)

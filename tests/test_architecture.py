@@ -7,6 +7,8 @@ calls with a literal name included), the imports of ``mipo_engine/`` must not:
 - import a stage module from outside ``stages/``, ``commands/`` and ``pipeline/``;
 - import one stage module from another;
 - import the CLI (``cli.py`` or ``mipo_engine.cli``);
+- import ``commands/`` from outside it (the library builds commands from the stage registry,
+  never from the CLI's own code);
 - import ``training/`` from ``backends/``.
 
 The tests also hold the test suite to one rule: an import error of the project's own code is a
@@ -117,6 +119,7 @@ def layering_violations(imports: list[Import]) -> dict[str, list[Import]]:
         "a module outside stages/, commands/, pipeline/ imports a stage": [],
         "a stage imports another stage": [],
         "a module imports the CLI": [],
+        "a module outside commands/ imports commands/": [],
         "backends/ imports training/": [],
     }
     for found in imports:
@@ -128,6 +131,10 @@ def layering_violations(imports: list[Import]) -> dict[str, list[Import]]:
             rules["a stage imports another stage"].append(found)
         if _within(found.module, "cli") or _within(found.module, "mipo_engine.cli"):
             rules["a module imports the CLI"].append(found)
+        if _within(found.module, "mipo_engine.commands") and not _within(
+            found.importer, "mipo_engine.commands"
+        ):
+            rules["a module outside commands/ imports commands/"].append(found)
         if _within(found.importer, "mipo_engine.backends") and _within(
             found.module, "mipo_engine.training"
         ):
@@ -150,13 +157,20 @@ def test_the_import_reader_sees_every_kind_of_import(tmp_path, monkeypatch):
     (package / "stages").mkdir(parents=True)
     (package / "backends").mkdir()
     (package / "training").mkdir()
-    for init in ("", "stages", "backends", "training"):
+    (package / "commands").mkdir()
+    (package / "pipeline").mkdir()
+    for init in ("", "stages", "backends", "training", "commands", "pipeline"):
         (package / init / "__init__.py").write_text("")
     (package / "stages" / "judge.py").write_text("")
     (package / "stages" / "export.py").write_text(
         "def run():\n    from mipo_engine.stages import judge\n"
     )
     (package / "training" / "logps.py").write_text("")
+    (package / "commands" / "train.py").write_text("from mipo_engine.commands import eval\n")
+    (package / "commands" / "eval.py").write_text("")
+    (package / "pipeline" / "stages.py").write_text(
+        "def command():\n    import mipo_engine.commands.train\n"
+    )
     (package / "backends" / "hf.py").write_text("from ..training.logps import x\n")
     (package / "strategies.py").write_text(
         "import importlib\n\n"
@@ -178,6 +192,9 @@ def test_the_import_reader_sees_every_kind_of_import(tmp_path, monkeypatch):
     assert [
         str(i) for i in rules["a module outside stages/, commands/, pipeline/ imports a stage"]
     ] == ["mipo_engine/strategies.py:4 -> mipo_engine.stages.judge"]
+    assert [str(i) for i in rules["a module outside commands/ imports commands/"]] == [
+        "mipo_engine/pipeline/stages.py:2 -> mipo_engine.commands.train"
+    ]
 
 
 def test_imports_follow_the_layers():

@@ -94,7 +94,7 @@ def test_loss_names_in_the_cli_help_come_from_the_torch_free_registry() -> None:
     (the registry of names is the one the trainer uses)."""
     code = (
         "import sys\n"
-        "import mipo_engine.commands.train\n"
+        "import mipo_engine.training.config\n"
         "from mipo_engine.training.loss_registry import LOSSES\n"
         "assert 'torch' not in sys.modules, 'the loss registry imported torch'\n"
         "print(' '.join(LOSSES))\n"
@@ -109,8 +109,9 @@ def test_loss_names_in_the_cli_help_come_from_the_torch_free_registry() -> None:
 
 
 def test_method_and_reward_names_in_the_cli_help_match_the_registries() -> None:
-    from mipo_engine.commands.train import METHOD_NAMES, REWARD_NAMES
+    from mipo_engine.training.method_registry import METHOD_NAMES
     from mipo_engine.training.online import METHOD_NAMES as METHODS
+    from mipo_engine.training.reward_registry import REWARD_NAMES
     from mipo_engine.training.rewards import REWARDS
 
     assert tuple(METHOD_NAMES) == tuple(METHODS)

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mipo_engine import __version__
+from mipo_engine.artifacts.config import StageConfig  # noqa: F401
 from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import (
     build_manifest,
@@ -28,32 +28,6 @@ from mipo_engine.artifacts.store import (
     write_json_atomic,
 )
 from mipo_engine.errors import ConfigError, InputError
-
-
-class StageConfig(BaseModel):
-    """Base for stage settings: unknown keys are errors, values are validated on creation."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
-    @classmethod
-    def from_options(cls, **options: Any) -> StageConfig:
-        """Build from CLI options or a config mapping; errors name the offending key."""
-        try:
-            return cls(**options)
-        except ValidationError as error:
-            first = error.errors()[0]
-            key = ".".join(str(part) for part in first["loc"]) or None
-            raise ConfigError(first["msg"], key=cls.option_name(key)) from None
-
-    @classmethod
-    def option_name(cls, field: str | None) -> str | None:
-        """The name users write for ``field`` (a subclass may keep an older spelling)."""
-        return field
-
-    @classmethod
-    def option_names(cls) -> set[str]:
-        """Every setting users may give (CLI options, config keys), by the names they write."""
-        return {name for field in cls.model_fields if (name := cls.option_name(field))}
 
 
 def derive_seed(seed: int, *parts: object) -> int:

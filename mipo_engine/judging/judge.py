@@ -39,6 +39,7 @@ from mipo_engine.modelcalls.running import (
     console,
     finished_rows,
     run_chunks,
+    unfinished,
     write_output,
 )
 from mipo_engine.modelcalls.settings import AskingConfig
@@ -210,10 +211,7 @@ def judge_responses(
             file=responses,
         )
     journal = run.journal()
-    done = journal.done_ids()
-    todo = [plan for plan in plans if plan.id not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {len(plans)} judgments already done.")
+    todo, _ = unfinished(journal, plans, "judgments already done", key=lambda plan: plan.id)
     started = time.perf_counter()
     handle = BackendHandle(settings.backend, settings.model, settings.backend_options(), backend)
     with handle as model:

@@ -34,6 +34,7 @@ from mipo_engine.modelcalls.running import (
     console,
     finished_rows,
     run_chunks,
+    unfinished,
     write_output,
 )
 from mipo_engine.modelcalls.settings import AskingConfig
@@ -226,10 +227,7 @@ def write_rubrics(
         items = items[:limit]
     plans = [ItemPlan(rubric_id(item), item, constraint_type(item)) for item in items]
     journal = run.journal()
-    done = journal.done_ids()
-    todo = [plan for plan in plans if plan.id not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {len(plans)} items already done.")
+    todo, _ = unfinished(journal, plans, "items already done", key=lambda plan: plan.id)
     started = time.perf_counter()
     handle = BackendHandle(settings.backend, settings.model, settings.backend_options(), backend)
     with handle as model:

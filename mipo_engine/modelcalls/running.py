@@ -120,6 +120,21 @@ def keep_order(frame: pl.DataFrame, key: str, order: Sequence[str]) -> pl.DataFr
     )
 
 
+def unfinished(
+    journal: RowJournal, planned: Sequence[T], what: str, *, key: Callable[[T], str]
+) -> tuple[list[T], set[str]]:
+    """The planned items the journal does not hold yet, and the ids it holds.
+
+    On a resumed run it says so: ``Resuming: 3 of 8 <what>.`` (``what``: "pairs already
+    generated", "items already done", ...).
+    """
+    done = journal.done_ids()
+    todo = [item for item in planned if key(item) not in done]
+    if done:
+        console.print(f"Resuming: {len(done)} of {len(planned)} {what}.")
+    return todo, done
+
+
 def finished_rows(
     journal: RowJournal, empty: pl.DataFrame, order: Sequence[str], *, key: str = "id"
 ) -> pl.DataFrame:

@@ -6,13 +6,20 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from mipo_engine.artifacts.run import StageConfig
+from mipo_engine.artifacts.config import StageConfig
 from mipo_engine.backends.base import SamplingConfig
-from mipo_engine.backends.registry import BackendChoice, LocalBackendChoice, backend_options
+from mipo_engine.backends.registry import (
+    BACKEND_NAMES,
+    BackendChoice,
+    LocalBackendChoice,
+    backend_options,
+)
+from mipo_engine.commandline import MODEL_HELP, or_list
 from mipo_engine.modelcalls.asking import RetryPolicy
 
 BackendName = BackendChoice
 LocalBackendName = LocalBackendChoice
+
 
 EXECUTION_FIELDS = frozenset({"batch_size", "chunk_size", "concurrency", "out"})
 """Settings that change how a run executes, not what it writes: left out of its identity."""
@@ -25,14 +32,20 @@ class ModelCallConfig(StageConfig):
     Each stage keeps the option name its users know for it (``chunk_key``: ``chunk_rows``,
     ``chunk_items`` or ``chunk_pairs``); both spellings are accepted and errors use the
     stage's own.
+
+    Each field is an option of the stage's command, its description the help text; a stage
+    words an inherited option its own way in ``option_help``.
     """
 
-    backend: BackendName = "hf"
-    model: str | None = None
-    batch_size: int = Field(8, ge=1)
-    chunk_size: int = Field(32, ge=1, description="rows per saved chunk (resume unit)")
+    backend: BackendName = Field("hf", description=f"Model backend: {or_list(BACKEND_NAMES)}.")
+    model: str | None = Field(None, description=MODEL_HELP)
+    batch_size: int = Field(8, ge=1, description="Prompts per forward batch (hf).")
+    chunk_size: int = Field(
+        32, ge=1, description="Rows per saved chunk: the unit of resume after a crash."
+    )
 
     chunk_key: ClassVar[str] = "chunk_size"
+    option_help: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -56,8 +69,11 @@ class ModelCallConfig(StageConfig):
 class ServedModelConfig(ModelCallConfig):
     """Settings of a stage that may also call a model behind an OpenAI-compatible server."""
 
-    base_url: str | None = None
-    concurrency: int = Field(8, ge=1)
+    base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible server URL (openai backend); key from OPENAI_API_KEY.",
+    )
+    concurrency: int = Field(8, ge=1, description="Concurrent requests (openai backend).")
 
     def backend_options(self) -> dict[str, object]:
         """Constructor options for ``create_backend`` that apply to the chosen backend."""
@@ -72,13 +88,21 @@ class ServedModelConfig(ModelCallConfig):
 class AskingConfig(ServedModelConfig):
     """Settings of a stage whose replies are validated and asked again when unusable."""
 
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0.0, description="first attempt (0 = greedy)")
-    retry_temperature: float = Field(0.7, ge=0.0, description="attempts after the first")
-    max_attempts: int = Field(3, ge=1, le=20)
-    structured: bool = True
+    max_new_tokens: int = Field(256, ge=1, description="Maximum new tokens per reply.")
+    temperature: float = Field(
+        0.0, ge=0.0, description="Sampling temperature of the first attempt (0 = greedy)."
+    )
+    retry_temperature: float = Field(
+        0.7, ge=0.0, description="Sampling temperature of retries after an invalid reply."
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="Attempts per row before it is recorded as failed."
+    )
+    structured: bool = Field(
+        True, description="Constrain replies to a JSON object (vllm backends)."
+    )
     """Constrain replies to the expected layout when the backend supports it (vLLM)."""
-    seed: int = 0
+    seed: int = Field(0, description="Global seed; each attempt's seed derives from it.")
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(

@@ -1,8 +1,11 @@
-"""The registry of stages a pipeline can run, and how their files connect.
+"""The registry of stages: the ``mipo`` commands, what a pipeline can run, how files connect.
 
 Each entry names the stage's settings class and run function (imported lazily), the setting
 that receives its output path, the kind of artifact it produces, and which settings take
 earlier artifacts: the runner fills each from the latest earlier stage producing that kind.
+It also holds the command's help line and the noun of its "wrote" message: the CLI builds each
+stage's command from the settings class (``commandline``), ``mipo run`` runs the same stages,
+and the dataset card renders the commands that made a set, all from this one table.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ class StageKind:
     wires: dict[str, tuple[str, ...]] = field(default_factory=dict)  # setting -> kinds
     optional: frozenset[str] = frozenset()  # wired settings that may stay empty
     directory_output: bool = False
+    help: str = ""  # the command's help text
+    noun: str = ""  # what ``mipo <name>`` reports it wrote; default: ``produces``
+    extra_ref: str | None = None  # "module:ClassName": the command's options beyond the stage's
+    cli_optional: frozenset[str] = frozenset()  # required settings the command checks itself
 
     def config_class(self) -> Any:
         module, name = self.config_ref.split(":")
@@ -32,19 +39,31 @@ class StageKind:
         module, name = self.run_ref.split(":")
         return getattr(importlib.import_module(module), name)
 
-    def command(self) -> Any:
+    def command(self, action: Callable[..., Any] | None = None) -> Any:
         """``mipo <name>`` as Click sees it (options and arguments, in the CLI's order).
 
-        Built from the command function in ``mipo_engine.commands.<name>``, the one ``cli.py``
-        registers, so the dataset card writes commands the CLI accepts without importing it.
+        Built from the settings class as ``cli.py`` builds it, so the dataset card writes
+        commands the CLI accepts without importing it. ``action(settings, **extras)`` runs when
+        the command is invoked; without one the command only describes its parameters.
         """
-        import typer
-        import typer.main
+        from mipo_engine.commandline import build_command
 
-        function = importlib.import_module(f"mipo_engine.commands.{self.name}").command
-        app = typer.Typer(add_completion=False)
-        app.command(self.name)(function)
-        return typer.main.get_command(app)
+        extra = None
+        if self.extra_ref is not None:
+            module, name = self.extra_ref.split(":")
+            extra = getattr(importlib.import_module(module), name)
+        return build_command(
+            self.name,
+            self.help,
+            self.config_class(),
+            action or _describe_only,
+            extra=extra,
+            optional=self.cli_optional,
+        )
+
+
+def _describe_only(settings: dict[str, Any], **extras: Any) -> None:
+    raise RuntimeError("this command describes the stage's options; the CLI runs it")
 
 
 _S = "mipo_engine.stages"
@@ -52,7 +71,12 @@ STAGE_KINDS: dict[str, StageKind] = {
     kind.name: kind
     for kind in (
         StageKind(
-            "ingest", f"{_S}.ingest:IngestConfig", f"{_S}.ingest:run_ingest", "out", "prompts"
+            "ingest",
+            f"{_S}.ingest:IngestConfig",
+            f"{_S}.ingest:run_ingest",
+            "out",
+            "prompts",
+            help="Normalise prompt files and built-in sets into a prompts artifact.",
         ),
         StageKind(
             "contexts",
@@ -60,6 +84,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             f"{_S}.contexts:run_contexts",
             "out",
             "contexts",
+            help="Infer user contexts from users' choices, or rewrite system messages (seed 004 App. C.2).",
         ),
         StageKind(
             "generate",
@@ -68,6 +93,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             "out",
             "generations",
             {"prompts": ("prompts",)},
+            help="Generate chosen/rejected response pairs (MIPO, seed 004 Algorithm 1).",
         ),
         StageKind(
             "revise",
@@ -77,6 +103,9 @@ STAGE_KINDS: dict[str, StageKind] = {
             "revisions",
             {"generations": ("generations",), "prompts": ("prompts",)},
             optional=frozenset({"prompts"}),
+            help="Revise each pair's chosen response with the model itself (SFT (Revision), seed 004 "
+            "sec. 5.1); train on the result with mipo train --loss sft.",
+            noun="revised generations",
         ),
         StageKind(
             "score",
@@ -85,6 +114,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             "out",
             "scores",
             {"generations": ("generations",)},
+            help="Reference log-probs of chosen/rejected under the training prompt, and pointwise MI.",
         ),
         StageKind(
             "rubrics",
@@ -93,6 +123,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             "out",
             "rubrics",
             {"contexts": ("contexts", "prompts")},
+            help="Write a 1-5 scoring rubric for every preference item (verifiable items: built-in).",
         ),
         StageKind(
             "judge",
@@ -102,6 +133,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             "judgments",
             {"responses": ("generations",), "rubrics": ("rubrics",)},
             optional=frozenset({"rubrics"}),
+            help="Score responses 1-5 per rubric item; aggregate, win rate, critic accuracy (seed 004).",
         ),
         StageKind(
             "export",
@@ -111,18 +143,34 @@ STAGE_KINDS: dict[str, StageKind] = {
             "preferences",
             {"generations": ("generations",), "scores": ("scores",), "judgments": ("judgments",)},
             optional=frozenset({"scores", "judgments"}),
+            help="Filter and split generations into TRL/OpenRLHF preference data.",
         ),
         StageKind(
             "train",
-            f"{_S}.train:TrainConfig",
+            "mipo_engine.training.config:TrainConfig",
             f"{_S}.train:run_train",
             "output_dir",
             "model",
             {"preferences": ("preferences", "generations", "revisions"), "scores": ("scores",)},
             optional=frozenset({"scores"}),
             directory_output=True,
+            help="Train with DPO, MIO, InfoPO, SimPO, MI-DPO, InfoNCE, SFT or DPO-PG, or online with "
+            "GRPO/RLOO and a reward (MI, RLAIF judge, both, or verifiable answers).\n\n"
+            "A transformers Trainer underneath, so it also runs under accelerate launch or "
+            "torchrun.",
+            noun="trained model",
         ),
-        StageKind("eval", f"{_S}.eval:EvalConfig", f"{_S}.eval:run_eval", "out", "eval"),
+        StageKind(
+            "eval",
+            f"{_S}.eval:EvalConfig",
+            f"{_S}.eval:run_eval",
+            "out",
+            "eval",
+            help="Evaluate a model: math and MCQ accuracy, answer entropy, IFEval, personalization.",
+            noun="eval results",
+            extra_ref=f"{_S}.eval:CompareOptions",
+            cli_optional=frozenset({"task", "out"}),  # --compare needs neither
+        ),
         StageKind(
             "publish",
             "mipo_engine.publish.hub:PublishConfig",
@@ -131,6 +179,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             "published",
             {"preferences": ("preferences",)},
             directory_output=True,
+            help="Publish a preference set as a Hugging Face Hub dataset (token: HF_TOKEN or login).",
         ),
     )
 }

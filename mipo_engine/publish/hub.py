@@ -51,16 +51,29 @@ class SecretInData(InputError):
 class PublishConfig(StageConfig):
     """Settings of ``mipo publish``."""
 
-    preferences: Path
-    repo_id: str
-    private: bool = False
-    local_dir: Path | None = Field(None, description="write the folder here, do not upload")
-    dry_run: bool = Field(False, description="write the folder only, do not upload")
-    force: bool = Field(False, description="upload even if a row looks like it holds a secret")
-    license: str = Field("other", min_length=1, description="Hub license identifier")
-    pretty_name: str | None = None
+    preferences: Path = Field(description="Preferences .parquet to publish (from mipo export).")
+    repo_id: str = Field(description="Hub dataset repository, OWNER/NAME.")
+    private: bool = Field(False, description="Create the repository as private.")
+    local_dir: Path | None = Field(
+        None, description="Write the Hub folder here instead of uploading it."
+    )
+    dry_run: bool = Field(
+        False,
+        description="Write the folder (to --local-dir, or <preferences>-hub/ beside the input) and do not upload.",
+    )
+    force: bool = Field(
+        False, description="Upload even if a row contains text that looks like a secret."
+    )
+    license: str = Field(
+        "other", min_length=1, description="License identifier for the dataset card (Hub list)."
+    )
+    pretty_name: str | None = Field(
+        None, description="Display name in the card; default: the repo name."
+    )
     max_shard_mb: float = Field(
-        DEFAULT_MAX_SHARD_MB, gt=0, description="largest shard, in MB (10^6 bytes) in memory"
+        DEFAULT_MAX_SHARD_MB,
+        gt=0,
+        description="Cut each split into shards of at most this many MB.",
     )
 
     @field_validator("repo_id")

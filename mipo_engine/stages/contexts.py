@@ -27,7 +27,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field, model_validator
@@ -39,11 +39,18 @@ from mipo_engine.backends.base import (
     Backend,
 )
 from mipo_engine.chat import Message
+from mipo_engine.commandline import Cli
 from mipo_engine.errors import MipoError
 from mipo_engine.judging.constraints import count_sentences
 from mipo_engine.judging.validation import parse_json_object, validate_user_context
 from mipo_engine.modelcalls.asking import Query, Reply, ask_with_retries
-from mipo_engine.modelcalls.running import BackendHandle, console, finished_rows, run_chunks
+from mipo_engine.modelcalls.running import (
+    BackendHandle,
+    console,
+    finished_rows,
+    run_chunks,
+    unfinished,
+)
 from mipo_engine.modelcalls.settings import AskingConfig
 from mipo_engine.sources.preferences import (
     PreferenceExample,
@@ -60,20 +67,39 @@ from mipo_engine.templates import render
 
 
 class ContextsConfig(AskingConfig):
-    preferences: Path
+    preferences: Path = Field(
+        description="Users' choices (PRISM utterances, Community Alignment, or a pairwise file with prompt, option_a/option_b..., preferred) or, with --mode system-to-user, Multifaceted-Bench records. JSONL, JSON, CSV or Parquet."
+    )
     """Users' choices (PRISM, Community Alignment or pairwise layout) or system messages."""
-    out: Path
-    mode: Literal["preferences", "system-to-user"] = "preferences"
-    layout: Literal["auto", "pairwise", "prism", "community-alignment", "multifaceted"] = "auto"
-    id_column: str | None = None
-    user_column: str | None = None
-    prompt_column: str | None = None
-    option_columns: list[str] | None = Field(None, min_length=2)
-    preferred_column: str | None = None
-    feedback_column: str | None = None
-    turn: int | None = Field(None, ge=1, le=4, description="conversation turn (1 = first)")
-    limit: int | None = Field(None, ge=1, description="use only the first N source rows")
-    as_prompts: Path | None = None
+    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output contexts .parquet.")
+    mode: Literal["preferences", "system-to-user"] = Field(
+        "preferences",
+        description="preferences: infer each user's general preferences as JSON from their choice; system-to-user: rewrite system-message preferences as first-person statements.",
+    )
+    layout: Literal["auto", "pairwise", "prism", "community-alignment", "multifaceted"] = Field(
+        "auto",
+        description="Input layout: auto, pairwise, prism, community-alignment, multifaceted.",
+    )
+    id_column: str | None = Field(None, description="Column with the row id.")
+    user_column: str | None = Field(None, description="Column with the user id.")
+    prompt_column: str | None = Field(None, description="Column with the prompt.")
+    option_columns: list[str] | None = Field(
+        None, min_length=2, description="Comma-separated option columns, e.g. 'left,right'."
+    )
+    preferred_column: str | None = Field(
+        None, description="Column naming the preferred option (letter, column, number or text)."
+    )
+    feedback_column: str | None = Field(
+        None, description="Column with the user's comment on the choice."
+    )
+    turn: int | None = Field(
+        None, ge=1, le=4, description="Conversation turn to read, 1 = first (CA, PRISM)."
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N source rows.")
+    as_prompts: Path | None = Field(
+        None,
+        description="Also write a prompts .parquet (one row per source row, with context and context_items) to pass to mipo generate.",
+    )
     """Also write a prompts artifact (one row per source row) for ``mipo generate``."""
 
     chunk_key: ClassVar[str] = "chunk_rows"
@@ -402,10 +428,7 @@ def run_contexts(config: ContextsConfig, *, backend: Backend | None = None) -> P
         return output
     rows = _source_rows(config)
     journal = run.journal(key="source_id")
-    done = journal.done_ids()
-    todo = [row for row in rows if row.source_id not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {len(rows)} rows already done.")
+    todo, _ = unfinished(journal, rows, "rows already done", key=lambda row: row.source_id)
     started = time.perf_counter()
     with BackendHandle(config.backend, config.model, config.backend_options(), backend) as model:
         run_chunks(

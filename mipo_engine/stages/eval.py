@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import polars as pl
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from rich.console import Console
 
 from mipo_engine.artifacts.journal import RowJournal
@@ -40,6 +40,7 @@ from mipo_engine.backends.registry import (
     create_backend,
 )
 from mipo_engine.chat import build_messages, user_turn
+from mipo_engine.commandline import Cli
 from mipo_engine.errors import ConfigError
 from mipo_engine.evaluation.copying import copy_overlap
 from mipo_engine.evaluation.ifeval import kwargs_json, verify
@@ -66,7 +67,7 @@ from mipo_engine.evaluation.tasks import (
     letter_continuations,
     load_items,
 )
-from mipo_engine.modelcalls.running import run_chunks
+from mipo_engine.modelcalls.running import run_chunks, unfinished
 from mipo_engine.modelcalls.settings import LocalBackendName, ModelCallConfig
 from mipo_engine.sources.benchmarks import EVAL_STOP_SEQUENCES, choice_labels, eval_prompt
 from mipo_engine.sources.ifeval import read_responses
@@ -78,42 +79,99 @@ JudgeBackendName = BackendChoice
 JudgeMode = Literal["rubric", "rlaif", "verify"]
 
 
+class CompareOptions(BaseModel):
+    """The options of ``mipo eval --compare``: the command's own, beside ``EvalConfig``'s."""
+
+    outputs: Annotated[list[Path] | None, Cli(argument=True)] = Field(
+        None, description="With --compare: the eval outputs (.parquet) to put side by side."
+    )
+    compare: Annotated[bool, Cli("--compare")] = Field(
+        False,
+        description="Compare eval outputs given as arguments instead of evaluating: "
+        "side-by-side table with bootstrap 95% intervals and paired differences to the first.",
+    )
+    label: list[str] | None = Field(None, description="With --compare: a name per output (repeat).")
+
+
 class EvalConfig(ModelCallConfig):
     """Settings of ``mipo eval``; ``None`` numbers take the task's default."""
 
-    task: str
+    task: str = Field(
+        description="gsm8k, svamp (8-shot math), mmlu, arc_easy, arc_challenge (zero-shot MCQ), ifeval (IFEval's 541 prompts, reference verifiers) or personalization (held-out prompts with user contexts)."
+    )
     """One of ``EVAL_TASKS``: gsm8k, svamp, mmlu, arc_easy, arc_challenge, personalization,
     ifeval."""
-    out: Path
-    model: str | None = None
+    out: Annotated[Path, Cli("--out", "-o")] = Field(
+        description="Per-item results .parquet (summary JSON written beside it); with --compare, an optional .md or .json file for the table."
+    )
+    model: str | None = Field(
+        None,
+        description="Model: a name from `mipo models`, a .gguf file, a folder or a Hub id; default: smollm2-135m-instruct.",
+    )
     """Model name, path or hub id; None is the default catalogue model (``mipo models``)."""
-    adapter: Path | None = None
+    adapter: Path | None = Field(
+        None,
+        description="LoRA adapter folder applied on top of --model (PMI uses the model without it).",
+    )
     """A LoRA adapter folder (``mipo train --lora``) applied on top of ``model``."""
-    data: str | None = None
+    data: str | None = Field(
+        None,
+        description="Benchmark file in its original layout, a prompts .parquet, builtin:<set>, or 'hub' (the pinned Hugging Face copy). Default: the Hub copy for benchmarks (cached after the first run; offline, pass the file), the bundled prompts for ifeval, builtin:personalization-heldout for personalization.",
+    )
     """Benchmark file, prompts ``.parquet``, ``builtin:<set>`` or ``hub``; None: the task's
     default (the pinned Hub copy for benchmarks, the bundled prompts for IFEval)."""
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(
+        None, ge=1, description="Evaluate a fixed random subset of N items (--seed)."
+    )
     """Evaluate a fixed random subset of this many items (seed ``seed``)."""
-    backend: LocalBackendName = "hf"
-    seed: int = 0
+    backend: LocalBackendName = Field("hf", description="Model backend: hf or vllm.")
+    seed: int = Field(0, description="Seeds the --limit subset and sampling.")
     """Seeds the subset (``--limit``) and, per response, sampling."""
-    max_new_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    samples: int = Field(1, ge=1, le=64)
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Generation budget; default 256 (math, personalization), 128 (mcq)."
+    )
+    temperature: float | None = Field(
+        None, ge=0.0, description="Default 0 (greedy) for benchmarks, 0.7 for personalization."
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    samples: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Responses per prompt (personalization; self-BLEU within prompt).",
+    )
     """Responses per prompt (personalization only): diversity within a prompt."""
-    chunk_size: int = Field(32, ge=1)
+    chunk_size: int = Field(
+        32, ge=1, description="Responses per saved chunk: the unit of resume after a crash."
+    )
     """Responses per saved chunk: the unit of resume after a crash."""
-    reference: Path | None = None
+    reference: Path | None = Field(
+        None,
+        description="A previous personalization eval output: judge both and report the win rate (ties count as wins) against its responses.",
+    )
     """A previous personalization eval: judge both and report the win rate against it."""
-    judge_mode: JudgeMode = "rubric"
+    judge_mode: JudgeMode = Field(
+        "rubric",
+        description="rubric (one judge call per preference item), rlaif (one per context) or verify (programmatic checkers, no model).",
+    )
     """rubric (one judge call per item and rubric), rlaif (one per context), verify (checkers)."""
-    judge_backend: JudgeBackendName = "hf"
-    judge_model: str | None = None
-    judge_base_url: str | None = None
-    rubrics: Path | None = None
+    judge_backend: JudgeBackendName = Field("hf", description="Judge backend: hf, vllm or openai.")
+    judge_model: str | None = Field(
+        None,
+        description="Judge model (a name from `mipo models`, a file, folder or Hub id); default: smollm2-135m-instruct.",
+    )
+    judge_base_url: str | None = Field(
+        None, description="OpenAI-compatible judge server URL; key from OPENAI_API_KEY."
+    )
+    rubrics: Path | None = Field(
+        None,
+        description="Rubrics artifact (mipo rubrics) for rubric mode; made with the judge if absent.",
+    )
     """Rubrics artifact (``mipo rubrics``); rubric mode builds one with the judge if absent."""
-    responses: Path | None = None
+    responses: Path | None = Field(
+        None,
+        description="ifeval: score these responses instead of running a model: JSONL with 'prompt' and 'response' per line (IFEval's format) or a .parquet with those columns (e.g. an ifeval eval output).",
+    )
     """IFEval only: score these existing responses (JSONL or Parquet) instead of a model."""
 
     @field_validator("task")
@@ -170,6 +228,10 @@ class EvalConfig(ModelCallConfig):
         )
 
     chunk_key: ClassVar[str] = "chunk_items"
+
+    option_help: ClassVar[dict[str, str]] = {
+        "batch_size": "Sequences per forward batch (hf).",
+    }
 
 
 @dataclass(frozen=True)
@@ -482,10 +544,7 @@ def _generate_all(
     base: Backend | None,
 ) -> int:
     """Evaluate the units the journal does not hold yet; return how many were evaluated."""
-    done = journal.done_ids()
-    todo = [unit for unit in units if unit.id not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {len(units)} responses already evaluated.")
+    todo, done = unfinished(journal, units, "responses already evaluated", key=lambda unit: unit.id)
     if not todo:
         return 0
     with _open_backends(config, policy, base) as backends:

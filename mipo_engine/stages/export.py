@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
@@ -49,6 +49,7 @@ from mipo_engine.artifacts.schemas import (
     SCORES,
 )
 from mipo_engine.artifacts.store import read_artifact
+from mipo_engine.commandline import Cli
 from mipo_engine.errors import ConfigError, InputError, MipoError
 from mipo_engine.judging.summary import aggregate_judgments
 from mipo_engine.templates import load_template, placeholders
@@ -122,36 +123,73 @@ def parse_splits(value: str | Mapping[str, float]) -> dict[str, float]:
 class ExportConfig(StageConfig):
     """Settings of ``mipo export``; every filter is switched by its own option."""
 
-    generations: Path
-    out: Path
-    scores: Path | None = None
-    judgments: Path | None = None
-    format: ExportFormat = "trl"
-    split: dict[str, float] = Field(default_factory=lambda: {"train": 1.0})
-    seed: int = Field(0, description="seed of the split assignment")
-    drop_empty: bool = Field(True, description="drop pairs with an empty response")
-    drop_identical: bool = Field(True, description="drop pairs whose two responses are equal")
-    drop_truncated: bool = Field(False, description="drop pairs with a response cut at the limit")
-    min_tokens: int | None = Field(None, ge=0, description="minimum tokens of each response")
-    max_tokens: int | None = Field(None, ge=1, description="maximum tokens of each response")
-    drop_duplicates: bool = Field(True, description="drop exact repeats of a pair")
-    near_duplicates: NearDuplicates = Field("off", description="off, normalized or minhash")
+    generations: Path = Field(description="Input generations .parquet (from mipo generate).")
+    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output preferences .parquet.")
+    scores: Path | None = Field(
+        None,
+        description="Scores .parquet (from mipo score): adds ref_chosen_logps/ref_rejected_logps and enables --min-pmi. Its ids must match the generations exactly.",
+    )
+    judgments: Path | None = Field(
+        None, description="Judgments .parquet (from mipo judge): enables --min-judge-margin."
+    )
+    format: Annotated[ExportFormat, Cli("--format", param="file_format")] = Field(
+        "trl",
+        description="trl (rendered prompt + response strings), trl-conversational (message lists) or openrlhf (chosen/rejected full conversations, implicit prompt).",
+    )
+    split: Annotated[dict[str, float], Cli(text=True, default="train=1")] = Field(
+        default_factory=lambda: {"train": 1.0},
+        description="Splits and their fractions, e.g. train=0.95,test=0.05. Whole prompts are assigned to one split.",
+    )
+    seed: int = Field(0, description="Seed of the split assignment.")
+    drop_empty: Annotated[bool, Cli("--drop-empty/--keep-empty")] = Field(
+        True, description="Drop pairs with an empty or blank response."
+    )
+    drop_identical: Annotated[bool, Cli("--drop-identical/--keep-identical")] = Field(
+        True,
+        description="Drop pairs whose chosen and rejected are equal (edge whitespace ignored).",
+    )
+    drop_truncated: Annotated[bool, Cli("--drop-truncated/--keep-truncated")] = Field(
+        False,
+        description="Drop pairs with a response cut at max-new-tokens (finish reason length).",
+    )
+    min_tokens: int | None = Field(
+        None, ge=0, description="Drop pairs with a response shorter than this (tokens)."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="Drop pairs with a response longer than this (tokens)."
+    )
+    drop_duplicates: Annotated[bool, Cli("--drop-duplicates/--keep-duplicates")] = Field(
+        True,
+        description="Drop exact repeats of (training prompt, chosen, rejected); the first is kept.",
+    )
+    near_duplicates: NearDuplicates = Field(
+        "off",
+        description="Near-duplicate pairs: off; normalized (same text after folding case, punctuation and spaces); minhash (estimated byte-8-gram Jaccard >= --near-duplicate-threshold).",
+    )
     near_duplicate_threshold: float = Field(
-        0.8, gt=0.0, le=1.0, description="minhash: Jaccard similarity that counts as duplicate"
+        0.8, gt=0.0, le=1.0, description="Jaccard similarity counted as a near-duplicate (minhash)."
     )
     max_length_ratio: float | None = Field(
-        None, ge=1.0, description="maximum ratio of the longer response's tokens to the other's"
+        None,
+        ge=1.0,
+        description="Drop pairs whose longer response has more than this many times the "
+        "other's tokens.",
     )
     max_copy: float | None = Field(
         None,
         gt=0.0,
         le=1.0,
-        description="drop pairs whose chosen response repeats at least this share of the "
-        "user turn's word 4-grams",
+        description="Drop pairs whose chosen response repeats at least this share (0-1] of the "
+        "user turn's word 4-grams (the copy shortcut).",
     )
-    min_pmi: float | None = Field(None, description="minimum pmi_chosen (needs scores)")
+    min_pmi: float | None = Field(
+        None,
+        description="Drop pairs with pmi_chosen below this (MI-margin filter; needs --scores).",
+    )
     min_judge_margin: float | None = Field(
-        None, description="minimum judge score(chosen) - score(rejected) (needs judgments)"
+        None,
+        description="Drop pairs whose judge score(chosen) - score(rejected) is below this "
+        "(needs --judgments).",
     )
 
     @field_validator("split", mode="before")

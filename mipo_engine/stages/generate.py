@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field
@@ -27,12 +27,13 @@ from mipo_engine.backends.base import (
     GenerationRequest,
     SamplingConfig,
 )
+from mipo_engine.commandline import Cli
 from mipo_engine.errors import MipoError
 from mipo_engine.modelcalls.running import (
     BackendHandle,
-    console,
     finished_rows,
     run_chunks,
+    unfinished,
     write_output,
 )
 from mipo_engine.modelcalls.settings import ServedModelConfig
@@ -43,18 +44,27 @@ Strategy = Literal["missing-context", "random-context", "random-prompt", "prompt
 
 
 class GenerateConfig(ServedModelConfig):
-    prompts: Path
-    out: Path
-    strategy: Strategy = "missing-context"
-    n_pairs: int = Field(1, ge=1, description="pairs per prompt row")
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 0
-    limit: int | None = Field(None, ge=1, description="use only the first N prompt rows")
-    allow_failures: bool = False
+    prompts: Path = Field(description="Input prompts .parquet (from mipo ingest).")
+    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output generations .parquet.")
+    strategy: Strategy = Field(
+        "missing-context",
+        description="Negative strategy: missing-context (rejected without the user context), random-context (rejected with another user's context), random-prompt (rejected answers another prompt), prompt ((prompt, context) as one unit, rejected from another unit).",
+    )
+    n_pairs: int = Field(1, ge=1, description="Pairs to generate per prompt row.")
+    max_new_tokens: int = Field(256, ge=1, description="Maximum new tokens per response.")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int = Field(0, description="Global seed; each sample's seed derives from it.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompt rows.")
+    allow_failures: bool = Field(
+        False, description="Write the artifact even if some pairs failed after retries."
+    )
 
     chunk_key: ClassVar[str] = "chunk_pairs"
+
+    option_help: ClassVar[dict[str, str]] = {
+        "chunk_size": "Pairs per saved chunk: the unit of resume after a crash.",
+    }
 
 
 class GenerationFailed(MipoError):
@@ -115,10 +125,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
         plans = [plan for plan in plans if plan.prompt_id in kept]
     run = StageRun("generate", output, config.identity(), {"prompts": config.prompts})
     journal = run.journal(reuse_output=True)  # failed pairs are not in the output
-    done = journal.done_ids()
-    todo = [p for p in plans if p.id not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {len(plans)} pairs already generated.")
+    todo, done = unfinished(journal, plans, "pairs already generated", key=lambda p: p.id)
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
     )

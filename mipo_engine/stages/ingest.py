@@ -7,13 +7,14 @@ stops the stage with its file, row and field, and no output appears.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import polars as pl
 from pydantic import Field
 
 from mipo_engine.artifacts.run import StageConfig, StageRun, check_output_path
 from mipo_engine.artifacts.schemas import PROMPTS, first_repeat
+from mipo_engine.commandline import Cli
 from mipo_engine.errors import InputError
 from mipo_engine.resources import resource_dir
 from mipo_engine.sources.builtin import BUILTIN_SETS, in_split
@@ -35,15 +36,23 @@ BENCHMARK_SPLITS = {
 
 
 class IngestConfig(StageConfig):
-    inputs: list[str] = Field(min_length=1)
-    out: Path
-    task: Task | None = None
-    format: FileFormat = "auto"
-    id_column: str = "id"
-    prompt_column: str = "prompt"
-    context_column: str = "context"
-    answer_column: str = "answer"
-    limit: int | None = Field(None, ge=1, description="keep the first N rows after reading")
+    inputs: Annotated[list[str], Cli(argument=True)] = Field(
+        min_length=1,
+        description="Files (.jsonl/.csv/.parquet), built-in sets (builtin:personalization, builtin:personalization-train, builtin:personalization-heldout, builtin:general) or benchmarks from the shared data folder (bench:gsm8k, bench:svamp, bench:arc_easy, bench:arc_challenge, bench:mmlu).",
+    )
+    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output prompts .parquet file.")
+    task: Task | None = Field(
+        None, description="Force the task of every row: general|personalization|math|mcq."
+    )
+    format: Annotated[FileFormat, Cli("--format", param="file_format")] = Field(
+        "auto",
+        description="auto (from the extension), jsonl, csv, parquet, or a benchmark layout: gsm8k, svamp, arc, mmlu.",
+    )
+    id_column: str = Field("id", description="Column holding the row id.")
+    prompt_column: str = Field("prompt", description="Column holding the prompt.")
+    context_column: str = Field("context", description="Column holding the user context.")
+    answer_column: str = Field("answer", description="Column holding the gold answer.")
+    limit: int | None = Field(None, ge=1, description="Keep only the first N rows.")
 
 
 def _builtin_rows(name: str, config: IngestConfig) -> tuple[list[dict], Path]:

@@ -41,11 +41,12 @@ separately: ``aggregate_judgments`` computes them from the judgments (mean over 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from mipo_engine.backends.base import Backend
+from mipo_engine.commandline import Cli
 from mipo_engine.judging.judge import judge_responses
 from mipo_engine.modelcalls.settings import AskingConfig
 
@@ -53,15 +54,35 @@ Mode = Literal["rubric", "rlaif", "verify"]
 
 
 class JudgeConfig(AskingConfig):
-    responses: Path
+    responses: Path = Field(
+        description="Generations .parquet (chosen and rejected are judged) or responses .parquet (id, prompt, context and/or context_items, response, optional task)."
+    )
     """A generations artifact or a responses artifact."""
-    out: Path
-    rubrics: Path | None = None
-    reference: Path | None = None
-    mode: Mode = "rubric"
-    limit: int | None = Field(None, ge=1, description="judge only the first N input rows")
+    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output judgments .parquet.")
+    rubrics: Path | None = Field(
+        None, description="Rubrics .parquet from mipo rubrics (mode rubric)."
+    )
+    reference: Path | None = Field(
+        None,
+        description="Reference responses .parquet (id, response): reports the win rate of the responses over them, ties counted as wins.",
+    )
+    mode: Mode = Field(
+        "rubric",
+        description="rubric: one judge call per (response, rubric item); rlaif: one call per response with the whole context; verify: checkers only, no model.",
+    )
+    limit: int | None = Field(None, ge=1, description="Judge only the first N input rows.")
 
     chunk_key: ClassVar[str] = "chunk_items"
+
+    option_help: ClassVar[dict[str, str]] = {
+        "backend": "Judge backend: hf, vllm or openai.",
+        "model": "Judge model: a name from `mipo models`, a .gguf file, a folder or a Hub id; default: smollm2-135m-instruct.",
+        "chunk_size": "Judgments per saved chunk: the unit of resume after a crash.",
+        "max_new_tokens": "Maximum new tokens per judge reply.",
+        "retry_temperature": "Sampling temperature of retries after an unreadable score.",
+        "max_attempts": "Attempts per item before a null score is recorded.",
+        "structured": "Constrain replies to 1..5 when the backend supports it (vllm).",
+    }
 
     @model_validator(mode="after")
     def _rubrics_for_rubric_mode(self) -> JudgeConfig:

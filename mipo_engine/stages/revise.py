@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field
@@ -39,9 +39,10 @@ from mipo_engine.backends.base import (
     SamplingConfig,
 )
 from mipo_engine.chat import Message
+from mipo_engine.commandline import Cli
 from mipo_engine.errors import ConfigError, InputError, MipoError
 from mipo_engine.evaluation.tasks import ANSWER_MARKER
-from mipo_engine.modelcalls.running import BackendHandle, run_chunks, write_output
+from mipo_engine.modelcalls.running import BackendHandle, run_chunks, unfinished, write_output
 from mipo_engine.modelcalls.settings import ServedModelConfig
 from mipo_engine.models import resolve_model
 from mipo_engine.templates import render
@@ -59,20 +60,34 @@ EXTRA_COLUMNS = {
 class ReviseConfig(ServedModelConfig):
     """Settings of ``mipo revise``."""
 
-    generations: Path
+    generations: Path = Field(
+        description="Pairs from mipo generate whose chosen responses to revise."
+    )
     """Pairs from ``mipo generate``; their ``chosen`` responses are revised."""
-    out: Path
-    mode: Literal["examples", "answer"] = "examples"
-    prompts: Path | None = None
+    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output generations .parquet.")
+    mode: Literal["examples", "answer"] = Field(
+        "examples",
+        description="examples: improve the response given the user's context and the rejected response; answer: correct it given the gold answer from --prompts.",
+    )
+    prompts: Path | None = Field(
+        None, description="Prompts artifact with gold answers (--mode answer)."
+    )
     """The prompts artifact the pairs came from (``answer`` mode reads its gold answers)."""
-    model: str | None = None
+    model: str | None = Field(
+        None, description="The model that revises (the one that wrote the pairs)."
+    )
     """The model that revises: the policy that wrote the drafts (default: the default model)."""
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.7, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 0
+    max_new_tokens: int = Field(256, ge=1, description="Maximum new tokens per revision.")
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int = Field(0, description="Global seed; each row's seed derives from it.")
 
     chunk_key: ClassVar[str] = "chunk_rows"
+
+    option_help: ClassVar[dict[str, str]] = {
+        "batch_size": "Requests per forward batch (hf).",
+        "base_url": "OpenAI-compatible server URL (openai backend).",
+    }
 
 
 class RevisionFailed(MipoError):
@@ -157,10 +172,7 @@ def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
         {"generations": config.generations, "prompts": config.prompts},
     )
     journal = run.journal()
-    done = journal.done_ids()
-    todo = [row for row in rows if row["id"] not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {len(rows)} revisions already written.")
+    todo, done = unfinished(journal, rows, "revisions already written", key=lambda row: row["id"])
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
     )

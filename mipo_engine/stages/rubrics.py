@@ -18,11 +18,12 @@ module holds the stage's settings.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
 from mipo_engine.backends.base import Backend
+from mipo_engine.commandline import Cli
 from mipo_engine.judging.rubric_writing import MAX_NEW_TOKENS, write_rubrics
 from mipo_engine.modelcalls.settings import AskingConfig
 
@@ -32,13 +33,22 @@ from mipo_engine.modelcalls.settings import AskingConfig
 
 
 class RubricsConfig(AskingConfig):
-    contexts: Path
+    contexts: Path = Field(
+        description="Contexts .parquet (from mipo contexts) or prompts .parquet with context_items."
+    )
     """A contexts artifact (``item`` column) or a prompts artifact (``context_items``)."""
-    out: Path
-    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1)
-    limit: int | None = Field(None, ge=1, description="use only the first N distinct items")
+    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output rubrics .parquet.")
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="Maximum new tokens per rubric.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N distinct items.")
 
     chunk_key: ClassVar[str] = "chunk_items"
+
+    option_help: ClassVar[dict[str, str]] = {
+        "chunk_size": "Items per saved chunk: the unit of resume after a crash.",
+        "retry_temperature": "Sampling temperature of retries after an invalid rubric.",
+        "max_attempts": "Attempts per item before it is recorded as failed.",
+        "structured": "Constrain replies to the rubric JSON layout (vllm backends).",
+    }
 
 
 def run_rubrics(config: RubricsConfig, *, backend: Backend | None = None) -> Path:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field
@@ -36,11 +36,12 @@ from mipo_engine.artifacts.schemas import SCORES
 from mipo_engine.backends.base import Backend
 from mipo_engine.backends.registry import LocalBackendChoice, backend_options
 from mipo_engine.chat import Message, build_messages
+from mipo_engine.commandline import Cli
 from mipo_engine.modelcalls.running import (
     BackendHandle,
-    console,
     finished_rows,
     run_chunks,
+    unfinished,
     write_output,
 )
 from mipo_engine.modelcalls.settings import ModelCallConfig
@@ -52,20 +53,36 @@ PROMPT_STRATEGIES = ("random-prompt",)
 class ScoreConfig(ModelCallConfig):
     """Settings of ``mipo score``."""
 
-    generations: Path
+    generations: Path = Field(
+        description="Pairs to score: a generations .parquet (from mipo generate) or a preferences .parquet (from mipo export)."
+    )
     """A ``generations`` artifact (or a ``preferences`` artifact)."""
-    out: Path
-    model: str | None = None
+    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output scores .parquet.")
+    model: str | None = Field(
+        None,
+        description="Reference model: a name from `mipo models`, a .gguf file, a folder or a Hub id; default: smollm2-135m-instruct.",
+    )
     """The reference model; None: the default catalogue model (``mipo models``)."""
-    backend: LocalBackendChoice = "hf"
-    batch_size: int = Field(8, ge=1, description="sequences per forward batch (hf)")
-    max_length: int = Field(1024, ge=8, description="tokens per prompt + response")
-    pmi: bool = True
+    backend: LocalBackendChoice = Field("hf", description="Scoring backend: hf or vllm.")
+    batch_size: int = Field(8, ge=1, description="Sequences per forward batch (hf).")
+    max_length: int = Field(
+        1024, ge=8, description="Tokens per prompt + response; use the same value as mipo train."
+    )
+    pmi: bool = Field(
+        True,
+        description="Also compute pmi_chosen (one more forward per pair): log pi_ref(y_c|x,c) - log pi_ref(y_c|x), or log pi_ref(y_c|x) - log pi_ref(y_c|x') for random-prompt.",
+    )
     """Also score the chosen response under the alternative conditioning (pmi_chosen)."""
-    chunk_size: int = Field(64, ge=1, description="pairs per saved chunk (resume unit)")
-    adapter: str | None = None
+    chunk_size: int = Field(
+        64, ge=1, description="Pairs per saved chunk: the unit of resume after a crash."
+    )
+    adapter: str | None = Field(
+        None, description="LoRA adapter folder to score with (hf), e.g. a previous policy."
+    )
     """A LoRA adapter folder to score with (hf), e.g. a previous round's policy."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Weights dtype (hf): auto (bf16 on GPU), float32, bfloat16."
+    )
     """Weights dtype (hf): auto = bf16 on GPU, fp32 on CPU, like ``mipo train``."""
 
     chunk_key: ClassVar[str] = "chunk_rows"
@@ -151,10 +168,8 @@ def _score_pairs(config: ScoreConfig, output: Path, model: BackendHandle) -> Pat
     pairs = read_pairs(config.generations, render=lambda m: model.get().render(m))
     run = StageRun("score", output, config.identity(), {"generations": config.generations})
     journal = run.journal()
-    done = journal.done_ids()
-    todo = [row for row in pairs.iter_rows(named=True) if row["id"] not in done]
-    if done:
-        console.print(f"Resuming: {len(done)} of {pairs.height} pairs already scored.")
+    rows = list(pairs.iter_rows(named=True))
+    todo, done = unfinished(journal, rows, "pairs already scored", key=lambda row: row["id"])
     tokens, started = 0, time.perf_counter()
 
     def score_chunk(chunk: list[dict[str, Any]]) -> pl.DataFrame:

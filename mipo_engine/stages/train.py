@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
-from pydantic import Field
 from rich.console import Console
 
 from mipo_engine.artifacts.manifest import redact
 from mipo_engine.artifacts.metrics_log import read_metrics
 from mipo_engine.artifacts.pairs import attach_scores, has_reference
-from mipo_engine.artifacts.run import StageConfig, StageRun
+from mipo_engine.artifacts.run import StageRun
 from mipo_engine.modeling.policy import supports_packing
 from mipo_engine.training import checkpoints as folder
 from mipo_engine.training.arguments import base_arguments, training_arguments
+from mipo_engine.training.config import ONLINE_FIELDS, TrainConfig  # noqa: F401
 from mipo_engine.training.data import PairCollator, PairDataset, encode_examples
 from mipo_engine.training.inputs import (
     check_combinations,
@@ -41,145 +41,10 @@ from mipo_engine.training.inputs import (
     read_online_prompts,
 )
 from mipo_engine.training.loading import load_policy, use_cuda
-from mipo_engine.training.loss_settings import LossSettings
 from mipo_engine.training.metrics import logging_callbacks, quiet_trainer, run_stats
 from mipo_engine.training.tracking import attach_run_config, check_report_to
 
 console = Console(stderr=True, soft_wrap=True)  # paths stay on one line
-
-DEFAULT_LR_FULL = 5e-6
-DEFAULT_LR_LORA = 1e-4
-
-
-class TrainConfig(StageConfig):
-    """Settings of ``mipo train`` (the CLI options, one for one)."""
-
-    preferences: Path | None = None
-    """A ``generations`` or ``preferences`` artifact (``method: offline``)."""
-    output_dir: Path
-    method: str = "offline"
-    """``offline`` (preference losses) or an online method: grpo, rloo (TRL's trainers)."""
-    prompts: Path | None = None
-    """A ``prompts`` artifact (online methods): completions are sampled for each row."""
-    reward: str | None = None
-    """Online reward: mi, judge, judge+mi, verify (``training.rewards.REWARDS``)."""
-    judge_model: str | None = None
-    """Judge of the judge rewards: ``reference`` (the frozen starting model), a model path, or
-    the model name on ``judge_base_url``."""
-    judge_base_url: str | None = None
-    """An OpenAI-compatible server to judge with."""
-    judge_max_new_tokens: int = Field(128, ge=1)
-    """Tokens the judge may write (its feedback, then the ``[RESULT] N`` line)."""
-    judge_weight: float = 1.0
-    mi_weight: float = 1.0
-    """Weights of ``judge+mi``: judge_weight * judge + mi_weight * mi."""
-    num_generations: int = Field(4, ge=2)
-    """Completions sampled per prompt (online)."""
-    max_completion_length: int = Field(128, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    kl_coef: float = Field(0.0, ge=0)
-    """KL penalty toward the starting model (online; 0: no reference copy for the loss)."""
-    report_to: tuple[str, ...] = ("none",)
-    """Trackers the Trainer logs to: none, or integration names (tensorboard, wandb, ...)."""
-    scores: Path | None = None
-    """Reference log-probs from ``mipo score`` (else computed once before training)."""
-    prior_scores: Path | None = None
-    """Previous-round policy scores for MI-DPO's ``dice`` prior."""
-    model: str | None = None
-    """Model name, path or hub id; None: the default catalogue model (``mipo models``)."""
-    split: str = "train"
-    """Rows of this ``split`` of a preferences artifact (generations have no splits)."""
-    loss: str = "dpo"
-    beta: float | None = Field(None, gt=0)
-    """None: the registry's default for the loss (the paper's choice)."""
-    prior: str | None = None
-    gamma: float | None = None
-    eta: float | None = None
-    length_penalty: float | None = None
-    length_normalize: bool | None = None
-    """None: the paper's choice for the loss."""
-    lora_r: int | None = Field(None, ge=1)
-    """LoRA rank; None trains all weights."""
-    lora_alpha: float | None = Field(None, gt=0)
-    """LoRA scale numerator; None: 2 * lora_r."""
-    learning_rate: float | None = Field(None, gt=0)
-    """None: 5e-6 for full fine-tuning, 1e-4 with LoRA."""
-    per_device_batch_size: int = Field(4, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    """Optimizer steps; overrides ``epochs`` when given."""
-    epochs: float = Field(1.0, gt=0)
-    max_length: int = Field(1024, ge=8)
-    """Tokens per prompt + response; must equal ``mipo score --max-length``."""
-    seed: int = 0
-    gradient_checkpointing: bool = False
-    packing: bool = True
-    """Pack sequences into shared rows (``data.pack_sequences``) when the model's attention
-    supports it; otherwise, and with False, right-padded rows."""
-    logging_steps: int = Field(10, ge=1)
-    save_steps: int = Field(100, ge=1)
-    save_total_limit: int | None = Field(2, ge=1)
-    warmup_steps: int = Field(0, ge=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    resume: bool = True
-    """Continue from the last checkpoint in ``output_dir`` (False: start over)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    show_progress: bool = True
-
-    def loss_settings(self) -> LossSettings:
-        return LossSettings.resolve(
-            self.loss,
-            beta=self.beta,
-            length_normalize=self.length_normalize,
-            prior=self.prior,
-            gamma=self.gamma,
-            eta=self.eta,
-            length_penalty=self.length_penalty,
-        )
-
-    def resolved_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return DEFAULT_LR_LORA if self.lora_r else DEFAULT_LR_FULL
-
-    @property
-    def online(self) -> bool:
-        return self.method != "offline"
-
-    def identity(self) -> dict[str, Any]:
-        """Settings that change the trained weights (logging and saving cadence do not)."""
-        exclude = {
-            "output_dir",
-            "resume",
-            "logging_steps",
-            "save_steps",
-            "save_total_limit",
-            "show_progress",
-            "report_to",
-            "packing",  # the same sums; only the rounding differs
-        }
-        if not self.online:  # the offline identity of earlier versions, so their runs resume
-            exclude |= set(ONLINE_FIELDS)
-        return self.model_dump(mode="json", exclude=exclude)
-
-
-# Settings only the online methods read.
-ONLINE_FIELDS = (
-    "method",
-    "prompts",
-    "reward",
-    "judge_model",
-    "judge_base_url",
-    "judge_max_new_tokens",
-    "judge_weight",
-    "mi_weight",
-    "num_generations",
-    "max_completion_length",
-    "temperature",
-    "kl_coef",
-)
 
 
 def run_train(config: TrainConfig, *, callbacks: list[Any] | None = None) -> Path:

@@ -14,34 +14,14 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from mipo_engine.backends.registry import create_backend
+from mipo_engine.training.method_registry import METHOD_NAMES, METHODS, OnlineMethod  # noqa: F401
 from mipo_engine.training.rewards import REWARDS, Reward, RewardItem, build_reward
-
-
-@dataclass(frozen=True)
-class OnlineMethod:
-    name: str
-    trainer: str | None
-    """Class name in ``trl``; None: not available in the installed TRL."""
-    summary: str
-
-
-METHODS: dict[str, OnlineMethod] = {
-    method.name: method
-    for method in (
-        OnlineMethod("grpo", "GRPOTrainer", "GRPO: group-normalised advantages"),
-        OnlineMethod("rloo", "RLOOTrainer", "RLOO: leave-one-out baseline"),
-        OnlineMethod("ppo", None, "PPO with a value model"),
-    )
-}
-# `offline` is the preference-loss trainer of `training.trainer` (mipo train's default).
-METHOD_NAMES = ("offline", *METHODS)
 
 
 def method_unavailable(name: str) -> str | None:

@@ -33,6 +33,7 @@ from mipo_engine.evaluation.tasks import grade_math, grade_mcq
 from mipo_engine.judging.constraints import constraint_adherence
 from mipo_engine.judging.scores import parse_score
 from mipo_engine.templates import render
+from mipo_engine.training.reward_registry import REWARDS, RewardSpec, get_reward_spec  # noqa: F401
 
 SCORE_CHOICES = ("1", "2", "3", "4", "5")
 
@@ -204,37 +205,6 @@ def verifiable(row: dict[str, Any]) -> bool:
     if task == "mcq":
         return row.get("answer") not in (None, "") and bool(row.get("choices"))
     return bool(constraint_adherence(row.get("context_items"), ""))
-
-
-@dataclass(frozen=True)
-class RewardSpec:
-    """What a reward name needs: the frozen reference, a judge model, gold answers."""
-
-    name: str
-    needs_reference: bool = False
-    needs_judge: bool = False
-    needs_gold: bool = False
-    summary: str = ""
-
-
-REWARDS: dict[str, RewardSpec] = {
-    spec.name: spec
-    for spec in (
-        RewardSpec("mi", needs_reference=True, summary="pointwise MI under the reference"),
-        RewardSpec("judge", needs_judge=True, summary="RLAIF judge score 1-5"),
-        RewardSpec(
-            "judge+mi", needs_reference=True, needs_judge=True, summary="RLAIF (MI): weighted sum"
-        ),
-        RewardSpec("verify", needs_gold=True, summary="RLVR: gold answers, verifiable items"),
-    )
-}
-
-
-def get_reward_spec(name: str) -> RewardSpec:
-    try:
-        return REWARDS[name]
-    except KeyError:
-        raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(REWARDS)}") from None
 
 
 def build_reward(
