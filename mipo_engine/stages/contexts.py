@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -43,7 +44,13 @@ from mipo_engine.errors import MipoError
 from mipo_engine.judging.constraints import count_sentences
 from mipo_engine.judging.validation import parse_json_object, validate_user_context
 from mipo_engine.modelcalls.asking import Query, Reply, ask_with_retries
-from mipo_engine.modelcalls.running import BackendHandle, console, finished_rows, run_chunks
+from mipo_engine.modelcalls.running import (
+    BackendHandle,
+    check_engine,
+    console,
+    finished_rows,
+    run_model_chunks,
+)
 from mipo_engine.modelcalls.settings import AskingConfig
 from mipo_engine.sources.preferences import (
     PreferenceExample,
@@ -390,9 +397,16 @@ def _write_prompts(config: ContextsConfig, contexts: pl.DataFrame, source: str) 
     )
 
 
+def _infer_chunk(
+    model: BackendHandle, chunk: list[SourceRow], *, config: ContextsConfig
+) -> pl.DataFrame:
+    return _journal_rows(chunk, _infer(model.get(), chunk, config))
+
+
 def run_contexts(config: ContextsConfig, *, backend: Backend | None = None) -> Path:
     """Infer user contexts from ``config.preferences`` into ``config.out``; return its path."""
     output = check_output_path(config.out, config.preferences)
+    check_engine(config, shared_backend=backend is not None)
     run = StageRun("contexts", output, config.identity(), {"preferences": config.preferences})
     source = Path(config.preferences).name
     if run.up_to_date():
@@ -407,12 +421,15 @@ def run_contexts(config: ContextsConfig, *, backend: Backend | None = None) -> P
     if done:
         console.print(f"Resuming: {len(done)} of {len(rows)} rows already done.")
     started = time.perf_counter()
-    with BackendHandle(config.backend, config.model, config.backend_options(), backend) as model:
-        run_chunks(
+    options = config.backend_options()
+    with BackendHandle(config.backend, config.model, options, backend) as model:
+        run_model_chunks(
             todo,
-            lambda chunk: _journal_rows(chunk, _infer(model.get(), chunk, config)),
+            partial(_infer_chunk, config=config),
             journal,
-            chunk_size=config.chunk_size,
+            settings=config,
+            local=model,
+            opener=partial(BackendHandle, config.backend, config.model, options),
             label="contexts",
             total=len(rows),
             done=len(rows) - len(todo),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -38,9 +39,10 @@ from mipo_engine.backends.registry import LocalBackendChoice, backend_options
 from mipo_engine.chat import Message, build_messages
 from mipo_engine.modelcalls.running import (
     BackendHandle,
+    check_engine,
     console,
     finished_rows,
-    run_chunks,
+    run_model_chunks,
     write_output,
 )
 from mipo_engine.modelcalls.settings import ModelCallConfig
@@ -127,6 +129,12 @@ def score_rows(
     )
 
 
+def _score_chunk(
+    model: BackendHandle, chunk: list[dict[str, Any]], *, max_length: int, pmi: bool
+) -> pl.DataFrame:
+    return score_rows(model.get(), chunk, max_length=max_length, pmi=pmi)
+
+
 def _stats(frame: pl.DataFrame, tokens: int, seconds: float) -> dict[str, Any]:
     pmi = frame["pmi_chosen"].drop_nulls()
     return {
@@ -143,6 +151,7 @@ def _stats(frame: pl.DataFrame, tokens: int, seconds: float) -> dict[str, Any]:
 def run_score(config: ScoreConfig, *, backend: Backend | None = None) -> Path:
     """Score the pairs of ``config.generations`` into ``config.out``; return the output path."""
     output = check_output_path(config.out, config.generations)
+    check_engine(config, shared_backend=backend is not None)
     with BackendHandle(config.backend, config.model, _backend_options(config), backend) as model:
         return _score_pairs(config, output, model)
 
@@ -155,20 +164,22 @@ def _score_pairs(config: ScoreConfig, output: Path, model: BackendHandle) -> Pat
     todo = [row for row in pairs.iter_rows(named=True) if row["id"] not in done]
     if done:
         console.print(f"Resuming: {len(done)} of {pairs.height} pairs already scored.")
-    tokens, started = 0, time.perf_counter()
+    tokens, chunks_run, started = 0, 0, time.perf_counter()
 
-    def score_chunk(chunk: list[dict[str, Any]]) -> pl.DataFrame:
+    def record(chunk: list[dict[str, Any]], frame: pl.DataFrame) -> pl.DataFrame:
         nonlocal tokens
-        frame = score_rows(model.get(), chunk, max_length=config.max_length, pmi=config.pmi)
         tokens += int(frame["chosen_tokens"].sum() + frame["rejected_tokens"].sum())
         return frame
 
     if todo:
-        run_chunks(
+        chunks_run = run_model_chunks(
             todo,
-            score_chunk,
+            partial(_score_chunk, max_length=config.max_length, pmi=config.pmi),
             journal,
-            chunk_size=config.chunk_size,
+            settings=config,
+            local=model,
+            opener=partial(BackendHandle, config.backend, config.model, _backend_options(config)),
+            record=record,
             label="pairs",
             total=pairs.height,
             done=len(done),
@@ -181,5 +192,9 @@ def _score_pairs(config: ScoreConfig, output: Path, model: BackendHandle) -> Pat
         SCORES,
         model=config.model or "default",
         backend=config.backend,
-        stats=_stats(finished, tokens, time.perf_counter() - started),
+        stats={
+            **_stats(finished, tokens, time.perf_counter() - started),
+            "chunks_this_run": chunks_run,
+            "engine": config.engine_settings(),
+        },
     )
