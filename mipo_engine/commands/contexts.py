@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mipo_engine.commands.shared import call_stage, done
+from mipo_engine.commands.shared import (
+    EngineOption,
+    RayAddressOption,
+    WorkersOption,
+    call_stage,
+    done,
+    engine_options,
+)
 
 
 def _column_list(value: str | None) -> list[str] | None:
@@ -97,12 +104,16 @@ def command(
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Concurrent requests (openai backend).")] = 8,
+    engine: EngineOption = "local",
+    workers: WorkersOption = 1,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Infer user contexts from users' choices, or rewrite system messages (seed 004 App. C.2)."""
     from mipo_engine.stages.contexts import ContextsConfig, run_contexts
 
     def run() -> Path:
         config = ContextsConfig.from_options(
+            **engine_options(engine, workers, ray_address),
             preferences=preferences,
             out=out,
             mode=mode,

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from mipo_engine.commands.shared import call_stage, done
+from mipo_engine.commands.shared import (
+    EngineOption,
+    RayAddressOption,
+    WorkersOption,
+    call_stage,
+    done,
+    engine_options,
+)
 from mipo_engine.errors import ConfigError
 
 stdout = Console()
@@ -137,6 +144,9 @@ def command(
     label: Annotated[
         list[str] | None, typer.Option(help="With --compare: a name per output (repeat).")
     ] = None,
+    engine: EngineOption = "local",
+    workers: WorkersOption = 1,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Evaluate a model: math and MCQ accuracy, answer entropy, IFEval, personalization."""
     if compare:
@@ -161,6 +171,7 @@ def command(
         if task is None or out is None:
             raise ConfigError("pass --task and --out (or --compare with eval outputs)", key="task")
         config = EvalConfig.from_options(
+            **engine_options(engine, workers, ray_address),
             task=task,
             out=out,
             model=model,

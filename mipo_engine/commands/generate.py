@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mipo_engine.commands.shared import call_stage, done
+from mipo_engine.commands.shared import (
+    EngineOption,
+    RayAddressOption,
+    WorkersOption,
+    call_stage,
+    done,
+    engine_options,
+)
 
 
 def command(
@@ -49,12 +56,16 @@ def command(
     allow_failures: Annotated[
         bool, typer.Option(help="Write the artifact even if some pairs failed after retries.")
     ] = False,
+    engine: EngineOption = "local",
+    workers: WorkersOption = 1,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Generate chosen/rejected response pairs (MIPO, seed 004 Algorithm 1)."""
     from mipo_engine.stages.generate import GenerateConfig, run_generate
 
     def run() -> Path:
         config = GenerateConfig.from_options(
+            **engine_options(engine, workers, ray_address),
             prompts=prompts,
             out=out,
             strategy=strategy,

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mipo_engine.commands.shared import call_stage, done
+from mipo_engine.commands.shared import (
+    EngineOption,
+    RayAddressOption,
+    WorkersOption,
+    call_stage,
+    done,
+    engine_options,
+)
 
 
 def command(
@@ -71,12 +78,16 @@ def command(
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Concurrent requests (openai backend).")] = 8,
+    engine: EngineOption = "local",
+    workers: WorkersOption = 1,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Score responses 1-5 per rubric item; aggregate, win rate, critic accuracy (seed 004)."""
     from mipo_engine.stages.judge import JudgeConfig, run_judge
 
     def run() -> Path:
         config = JudgeConfig.from_options(
+            **engine_options(engine, workers, ray_address),
             responses=responses,
             out=out,
             rubrics=rubrics,

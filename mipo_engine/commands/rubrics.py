@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mipo_engine.commands.shared import call_stage, done
+from mipo_engine.commands.shared import (
+    EngineOption,
+    RayAddressOption,
+    WorkersOption,
+    call_stage,
+    done,
+    engine_options,
+)
 
 
 def command(
@@ -53,12 +60,16 @@ def command(
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Concurrent requests (openai backend).")] = 8,
+    engine: EngineOption = "local",
+    workers: WorkersOption = 1,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Write a 1-5 scoring rubric for every preference item (verifiable items: built-in)."""
     from mipo_engine.stages.rubrics import RubricsConfig, run_rubrics
 
     def run() -> Path:
         config = RubricsConfig.from_options(
+            **engine_options(engine, workers, ray_address),
             contexts=contexts,
             out=out,
             backend=backend,

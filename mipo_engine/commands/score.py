@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mipo_engine.commands.shared import call_stage, done
+from mipo_engine.commands.shared import (
+    EngineOption,
+    RayAddressOption,
+    WorkersOption,
+    call_stage,
+    done,
+    engine_options,
+)
 
 
 def command(
@@ -48,12 +55,16 @@ def command(
     dtype: Annotated[
         str, typer.Option(help="Weights dtype (hf): auto (bf16 on GPU), float32, bfloat16.")
     ] = "auto",
+    engine: EngineOption = "local",
+    workers: WorkersOption = 1,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Reference log-probs of chosen/rejected under the training prompt, and pointwise MI."""
     from mipo_engine.stages.score import ScoreConfig, run_score
 
     def run() -> Path:
         config = ScoreConfig.from_options(
+            **engine_options(engine, workers, ray_address),
             generations=generations,
             out=out,
             model=model,

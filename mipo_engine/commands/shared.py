@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,3 +28,28 @@ def call_stage(function: Callable[[], T]) -> T:
 
 def done(path: object, what: str) -> None:
     err_console.print(f"[green]wrote[/] {what}: {path}")
+
+
+# The engine options of every model-calling command (the settings' fields carry the same help).
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        help="Where the chunks run: local (this process) or ray (Ray actors, one backend "
+        "instance each; the journal stays with this process)."
+    ),
+]
+WorkersOption = Annotated[
+    int, typer.Option(help="Ray actors, each hosting one backend instance (--engine ray).")
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to join (host:port or auto); default: start a local Ray instance "
+        "(--engine ray)."
+    ),
+]
+
+
+def engine_options(engine: str, workers: int, ray_address: str | None) -> dict[str, object]:
+    """The engine options as settings keys."""
+    return {"engine": engine, "workers": workers, "ray_address": ray_address}
