@@ -1,6 +1,6 @@
 """Side-by-side benchmarks of mipo-engine against the tools users would otherwise pick.
 
-    python benchmarks/run.py --suite train|train_long|score|generate|export|all [--quick]
+    python benchmarks/run.py --suite train|train_long|score|generate|export|scale|all [--quick]
                              [--device cpu|cuda] [--model M] [--reps N]
                              [--gen-tokens N] [--pairs-per-step N]
                              [--gradient-checkpointing]
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.pairs import PairShape, make_pairs, pair_tokens, write_pairs  # noqa: E402
 
-SUITES = ("export", "score", "train", "train_long", "generate")
+SUITES = ("export", "score", "train", "train_long", "generate", "scale")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class Settings:
     gen_prompts: int
     gen_tokens: int
     export_pairs: int
+    scale_prompts: int
     reps: int
     gradient_checkpointing: bool = False
 
@@ -67,6 +68,7 @@ FULL = Settings(
     gen_prompts=32,
     gen_tokens=64,
     export_pairs=100_000,
+    scale_prompts=24,
     reps=3,
 )
 QUICK = Settings(
@@ -79,6 +81,7 @@ QUICK = Settings(
     gen_prompts=4,
     gen_tokens=8,
     export_pairs=2_000,
+    scale_prompts=4,
     reps=1,
 )
 
@@ -499,12 +502,106 @@ def suite_export(context: Context) -> None:
     )
 
 
+def _timed_generate(config: Any) -> float:
+    from mipo_engine.stages.generate import run_generate
+
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        run_generate(config)
+    return time.perf_counter() - started
+
+
+def suite_scale(context: Context) -> None:
+    """``mipo generate`` with ``--engine ray``: 1 and 2 workers (ratio), and the time Ray adds
+    per chunk over ``--engine local`` (actor start, model load in the actor and transfers,
+    spread over the run's chunks). Ray runs on this machine (``ray.init`` local instance);
+    the first Ray run, untimed, warms the instance up."""
+    import ray
+    from typer.testing import CliRunner
+
+    from cli import app
+    from mipo_engine.stages.generate import GenerateConfig
+
+    s = context.settings
+    folder = context.workdir / "scale"
+    folder.mkdir(parents=True, exist_ok=True)
+    prompts = folder / "prompts.parquet"
+    result = CliRunner().invoke(
+        app, ["ingest", "builtin:personalization-train", "--out", str(prompts)]
+    )
+    if result.exit_code != 0:
+        raise SystemExit(f"scale suite: ingest failed: {result.output}")
+    chunk_pairs = 2
+    chunks = -(-s.scale_prompts // chunk_pairs)
+    options = {
+        "prompts": prompts,
+        "model": context.model,
+        "max_new_tokens": s.gen_tokens,
+        "limit": s.scale_prompts,
+        "chunk_pairs": chunk_pairs,
+        "batch_size": chunk_pairs,
+        "seed": 0,
+    }
+    runs: dict[str, list[float]] = {"local": [], "ray1": [], "ray2": []}
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        _timed_generate(
+            GenerateConfig.from_options(
+                out=folder / "warm.parquet", engine="ray", workers=1, **options
+            )
+        )
+        for rep in range(s.reps):
+            for name, engine in (
+                ("local", {}),
+                ("ray1", {"engine": "ray", "workers": 1}),
+                ("ray2", {"engine": "ray", "workers": 2}),
+            ):
+                config = GenerateConfig.from_options(
+                    out=folder / f"{name}-{rep}.parquet", **engine, **options
+                )
+                runs[name].append(_timed_generate(config))
+    finally:
+        ray.shutdown()
+    seconds = {name: statistics.median(values) for name, values in runs.items()}
+    pairs = s.scale_prompts
+    settings = {
+        "pairs": pairs,
+        "chunk_pairs": chunk_pairs,
+        "chunks": chunks,
+        "max_new_tokens": s.gen_tokens,
+        "backend": "hf",
+        "cpus": 2,
+        "reps": s.reps,
+    }
+    context.record(
+        "scale_ray_2_vs_1_worker",
+        "pairs/s",
+        pairs / seconds["ray2"],
+        pairs / seconds["ray1"],
+        higher_is_better=True,
+        settings={**settings, "baseline": "--engine ray --workers 1"},
+    )
+    context.record(
+        "scale_ray_overhead_per_chunk",
+        "seconds per chunk",
+        seconds["ray1"] / chunks,
+        seconds["local"] / chunks,
+        higher_is_better=False,
+        settings={
+            **settings,
+            "baseline": "--engine local, same chunks",
+            "overhead_s_per_chunk": round((seconds["ray1"] - seconds["local"]) / chunks, 4),
+        },
+    )
+
+
 SUITE_FUNCTIONS = {
     "export": suite_export,
     "score": suite_score,
     "train": suite_train,
     "train_long": suite_train_long,
     "generate": suite_generate,
+    "scale": suite_scale,
 }
 
 

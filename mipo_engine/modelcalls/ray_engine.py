@@ -69,11 +69,11 @@ def _probe(address: str) -> None:
 def connect(settings: ModelCallConfig) -> None:
     """Join (or start) the Ray instance the run uses; this process stays connected."""
     ray = _ray()
-    if ray.is_initialized():
-        return
     address = settings.ray_address
     if address not in (None, "auto", "local"):
         _probe(address)
+    if ray.is_initialized():
+        return  # this process already belongs to a Ray instance (a pipeline, a notebook)
     try:
         ray.init(
             address=address,

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 import polars as pl
 from pydantic import Field
 
+from mipo_engine.artifacts.location import Location
 from mipo_engine.artifacts.run import (
     StageRun,
     check_output_path,
@@ -45,8 +46,8 @@ Strategy = Literal["missing-context", "random-context", "random-prompt", "prompt
 
 
 class GenerateConfig(ServedModelConfig):
-    prompts: Path
-    out: Path
+    prompts: Location
+    out: Location
     strategy: Strategy = "missing-context"
     n_pairs: int = Field(1, ge=1, description="pairs per prompt row")
     max_new_tokens: int = Field(256, ge=1)

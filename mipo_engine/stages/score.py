@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 import polars as pl
 from pydantic import Field
 
+from mipo_engine.artifacts.location import Location
 from mipo_engine.artifacts.pairs import read_pairs
 from mipo_engine.artifacts.run import StageRun, check_output_path
 from mipo_engine.artifacts.schemas import SCORES
@@ -54,9 +55,9 @@ PROMPT_STRATEGIES = ("random-prompt",)
 class ScoreConfig(ModelCallConfig):
     """Settings of ``mipo score``."""
 
-    generations: Path
+    generations: Location
     """A ``generations`` artifact (or a ``preferences`` artifact)."""
-    out: Path
+    out: Location
     model: str | None = None
     """The reference model; None: the default catalogue model (``mipo models``)."""
     backend: LocalBackendChoice = "hf"
