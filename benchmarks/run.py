@@ -517,6 +517,7 @@ def suite_scale(context: Context) -> None:
     spread over the run's chunks). Ray runs on this machine (``ray.init`` local instance);
     the first Ray run, untimed, warms the instance up."""
     import ray
+    import torch
     from typer.testing import CliRunner
 
     from cli import app
@@ -543,6 +544,9 @@ def suite_scale(context: Context) -> None:
         "seed": 0,
     }
     runs: dict[str, list[float]] = {"local": [], "ray1": [], "ray2": []}
+    # One thread per model on both sides: Ray gives each 1-CPU actor OMP_NUM_THREADS=1.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         _timed_generate(
@@ -562,6 +566,7 @@ def suite_scale(context: Context) -> None:
                 runs[name].append(_timed_generate(config))
     finally:
         ray.shutdown()
+        torch.set_num_threads(threads)
     seconds = {name: statistics.median(values) for name, values in runs.items()}
     pairs = s.scale_prompts
     settings = {
@@ -571,6 +576,7 @@ def suite_scale(context: Context) -> None:
         "max_new_tokens": s.gen_tokens,
         "backend": "hf",
         "cpus": 2,
+        "threads_per_model": 1,
         "reps": s.reps,
     }
     context.record(
