@@ -68,7 +68,7 @@ FULL = Settings(
     gen_prompts=32,
     gen_tokens=64,
     export_pairs=100_000,
-    scale_prompts=24,
+    scale_prompts=96,
     reps=3,
 )
 QUICK = Settings(
@@ -81,7 +81,7 @@ QUICK = Settings(
     gen_prompts=4,
     gen_tokens=8,
     export_pairs=2_000,
-    scale_prompts=4,
+    scale_prompts=8,
     reps=1,
 )
 
@@ -533,17 +533,22 @@ def suite_scale(context: Context) -> None:
     if result.exit_code != 0:
         raise SystemExit(f"scale suite: ingest failed: {result.output}")
     chunk_pairs = 2
-    chunks = -(-s.scale_prompts // chunk_pairs)
+    sizes = {"small": max(s.scale_prompts // 4, chunk_pairs), "large": s.scale_prompts}
+    chunks = {size: -(-pairs // chunk_pairs) for size, pairs in sizes.items()}
     options = {
         "prompts": prompts,
         "model": context.model,
         "max_new_tokens": s.gen_tokens,
-        "limit": s.scale_prompts,
         "chunk_pairs": chunk_pairs,
         "batch_size": chunk_pairs,
         "seed": 0,
     }
-    runs: dict[str, list[float]] = {"local": [], "ray1": [], "ray2": []}
+    engines = {
+        "local": {},
+        "ray1": {"engine": "ray", "workers": 1},
+        "ray2": {"engine": "ray", "workers": 2},
+    }
+    runs: dict[tuple[str, str], list[float]] = {}
     # One thread per model on both sides: Ray gives each 1-CPU actor OMP_NUM_THREADS=1.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -551,26 +556,36 @@ def suite_scale(context: Context) -> None:
     try:
         _timed_generate(
             GenerateConfig.from_options(
-                out=folder / "warm.parquet", engine="ray", workers=1, **options
+                out=folder / "warm.parquet", engine="ray", workers=1, limit=2, **options
             )
         )
         for rep in range(s.reps):
-            for name, engine in (
-                ("local", {}),
-                ("ray1", {"engine": "ray", "workers": 1}),
-                ("ray2", {"engine": "ray", "workers": 2}),
-            ):
-                config = GenerateConfig.from_options(
-                    out=folder / f"{name}-{rep}.parquet", **engine, **options
-                )
-                runs[name].append(_timed_generate(config))
+            for size, limit in sizes.items():
+                for name, engine in engines.items():
+                    config = GenerateConfig.from_options(
+                        out=folder / f"{name}-{size}-{rep}.parquet",
+                        limit=limit,
+                        **engine,
+                        **options,
+                    )
+                    runs.setdefault((name, size), []).append(_timed_generate(config))
     finally:
         ray.shutdown()
         torch.set_num_threads(threads)
-    seconds = {name: statistics.median(values) for name, values in runs.items()}
-    pairs = s.scale_prompts
+    seconds = {key: statistics.median(values) for key, values in runs.items()}
+    # The difference between the two sizes removes what a run pays once (actor start and
+    # model load, Ray's scheduling of the first call): what is left is per chunk.
+    extra_chunks = chunks["large"] - chunks["small"]
+    extra_pairs = sizes["large"] - sizes["small"]
+
+    def per_chunk(name: str) -> float:
+        return (seconds[(name, "large")] - seconds[(name, "small")]) / extra_chunks
+
+    def start(name: str) -> float:
+        return seconds[(name, "small")] - per_chunk(name) * chunks["small"]
+
     settings = {
-        "pairs": pairs,
+        "pairs": sizes,
         "chunk_pairs": chunk_pairs,
         "chunks": chunks,
         "max_new_tokens": s.gen_tokens,
@@ -578,25 +593,32 @@ def suite_scale(context: Context) -> None:
         "cpus": 2,
         "threads_per_model": 1,
         "reps": s.reps,
+        "seconds": {f"{name}_{size}": round(value, 3) for (name, size), value in seconds.items()},
     }
     context.record(
         "scale_ray_2_vs_1_worker",
         "pairs/s",
-        pairs / seconds["ray2"],
-        pairs / seconds["ray1"],
+        extra_pairs / max(per_chunk("ray2") * extra_chunks, 1e-9),
+        extra_pairs / max(per_chunk("ray1") * extra_chunks, 1e-9),
         higher_is_better=True,
-        settings={**settings, "baseline": "--engine ray --workers 1"},
+        settings={
+            **settings,
+            "what": "steady-state rate: the pairs between the two sizes over their time",
+            "baseline": "--engine ray --workers 1",
+            "actor_start_s": {"ray1": round(start("ray1"), 3), "ray2": round(start("ray2"), 3)},
+        },
     )
     context.record(
         "scale_ray_overhead_per_chunk",
         "seconds per chunk",
-        seconds["ray1"] / chunks,
-        seconds["local"] / chunks,
+        max(per_chunk("ray1"), 1e-9),
+        max(per_chunk("local"), 1e-9),
         higher_is_better=False,
         settings={
             **settings,
             "baseline": "--engine local, same chunks",
-            "overhead_s_per_chunk": round((seconds["ray1"] - seconds["local"]) / chunks, 4),
+            "overhead_s_per_chunk": round(per_chunk("ray1") - per_chunk("local"), 4),
+            "fixed_start_s": round(start("ray1") - start("local"), 3),
         },
     )
 

