@@ -1,6 +1,6 @@
 """Side-by-side benchmarks of mipo-engine against the tools users would otherwise pick.
 
-    python benchmarks/run.py --suite train|train_long|score|generate|export|all [--quick]
+    python benchmarks/run.py --suite train|train_long|score|generate|export|scale|all [--quick]
                              [--device cpu|cuda] [--model M] [--reps N]
                              [--gen-tokens N] [--pairs-per-step N]
                              [--gradient-checkpointing]
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.pairs import PairShape, make_pairs, pair_tokens, write_pairs  # noqa: E402
 
-SUITES = ("export", "score", "train", "train_long", "generate")
+SUITES = ("export", "score", "train", "train_long", "generate", "scale")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class Settings:
     gen_prompts: int
     gen_tokens: int
     export_pairs: int
+    scale_prompts: int
     reps: int
     gradient_checkpointing: bool = False
 
@@ -67,6 +68,7 @@ FULL = Settings(
     gen_prompts=32,
     gen_tokens=64,
     export_pairs=100_000,
+    scale_prompts=96,
     reps=3,
 )
 QUICK = Settings(
@@ -79,6 +81,7 @@ QUICK = Settings(
     gen_prompts=4,
     gen_tokens=8,
     export_pairs=2_000,
+    scale_prompts=8,
     reps=1,
 )
 
@@ -499,12 +502,134 @@ def suite_export(context: Context) -> None:
     )
 
 
+def _timed_generate(config: Any) -> float:
+    from mipo_engine.stages.generate import run_generate
+
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        run_generate(config)
+    return time.perf_counter() - started
+
+
+def suite_scale(context: Context) -> None:
+    """``mipo generate`` with ``--engine ray``: 1 and 2 workers (ratio), and the time Ray adds
+    per chunk over ``--engine local`` (actor start, model load in the actor and transfers,
+    spread over the run's chunks). Ray runs on this machine (``ray.init`` local instance);
+    the first Ray run, untimed, warms the instance up."""
+    import ray
+    import torch
+    from typer.testing import CliRunner
+
+    from cli import app
+    from mipo_engine.stages.generate import GenerateConfig
+
+    s = context.settings
+    folder = context.workdir / "scale"
+    folder.mkdir(parents=True, exist_ok=True)
+    prompts = folder / "prompts.parquet"
+    result = CliRunner().invoke(
+        app, ["ingest", "builtin:personalization-train", "--out", str(prompts)]
+    )
+    if result.exit_code != 0:
+        raise SystemExit(f"scale suite: ingest failed: {result.output}")
+    chunk_pairs = 2
+    sizes = {"small": max(s.scale_prompts // 4, chunk_pairs), "large": s.scale_prompts}
+    chunks = {size: -(-pairs // chunk_pairs) for size, pairs in sizes.items()}
+    options = {
+        "prompts": prompts,
+        "model": context.model,
+        "max_new_tokens": s.gen_tokens,
+        "chunk_pairs": chunk_pairs,
+        "batch_size": chunk_pairs,
+        "seed": 0,
+    }
+    engines = {
+        "local": {},
+        "ray1": {"engine": "ray", "workers": 1},
+        "ray2": {"engine": "ray", "workers": 2},
+    }
+    runs: dict[tuple[str, str], list[float]] = {}
+    # One thread per model on both sides: Ray gives each 1-CPU actor OMP_NUM_THREADS=1.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        _timed_generate(
+            GenerateConfig.from_options(
+                out=folder / "warm.parquet", engine="ray", workers=1, limit=2, **options
+            )
+        )
+        for rep in range(s.reps):
+            for size, limit in sizes.items():
+                for name, engine in engines.items():
+                    config = GenerateConfig.from_options(
+                        out=folder / f"{name}-{size}-{rep}.parquet",
+                        limit=limit,
+                        **engine,
+                        **options,
+                    )
+                    runs.setdefault((name, size), []).append(_timed_generate(config))
+    finally:
+        ray.shutdown()
+        torch.set_num_threads(threads)
+    seconds = {key: statistics.median(values) for key, values in runs.items()}
+    # The difference between the two sizes removes what a run pays once (actor start and
+    # model load, Ray's scheduling of the first call): what is left is per chunk.
+    extra_chunks = chunks["large"] - chunks["small"]
+    extra_pairs = sizes["large"] - sizes["small"]
+
+    def per_chunk(name: str) -> float:
+        return (seconds[(name, "large")] - seconds[(name, "small")]) / extra_chunks
+
+    def start(name: str) -> float:
+        return seconds[(name, "small")] - per_chunk(name) * chunks["small"]
+
+    settings = {
+        "pairs": sizes,
+        "chunk_pairs": chunk_pairs,
+        "chunks": chunks,
+        "max_new_tokens": s.gen_tokens,
+        "backend": "hf",
+        "cpus": 2,
+        "threads_per_model": 1,
+        "reps": s.reps,
+        "seconds": {f"{name}_{size}": round(value, 3) for (name, size), value in seconds.items()},
+    }
+    context.record(
+        "scale_ray_2_vs_1_worker",
+        "pairs/s",
+        extra_pairs / max(per_chunk("ray2") * extra_chunks, 1e-9),
+        extra_pairs / max(per_chunk("ray1") * extra_chunks, 1e-9),
+        higher_is_better=True,
+        settings={
+            **settings,
+            "what": "steady-state rate: the pairs between the two sizes over their time",
+            "baseline": "--engine ray --workers 1",
+            "actor_start_s": {"ray1": round(start("ray1"), 3), "ray2": round(start("ray2"), 3)},
+        },
+    )
+    context.record(
+        "scale_ray_overhead_per_chunk",
+        "seconds per chunk",
+        max(per_chunk("ray1"), 1e-9),
+        max(per_chunk("local"), 1e-9),
+        higher_is_better=False,
+        settings={
+            **settings,
+            "baseline": "--engine local, same chunks",
+            "overhead_s_per_chunk": round(per_chunk("ray1") - per_chunk("local"), 4),
+            "fixed_start_s": round(start("ray1") - start("local"), 3),
+        },
+    )
+
+
 SUITE_FUNCTIONS = {
     "export": suite_export,
     "score": suite_score,
     "train": suite_train,
     "train_long": suite_train_long,
     "generate": suite_generate,
+    "scale": suite_scale,
 }
 
 

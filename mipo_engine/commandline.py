@@ -120,10 +120,15 @@ def _own_first(config: type[BaseModel]) -> Iterator[str]:
 
 
 def _split_optional(annotation: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed); a local path or URL
+    (``Path | str``, ``artifacts.location.Location``) is parsed as a path."""
     args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         rest = [arg for arg in args if arg is not type(None)]
-        if len(rest) == 1:
+        optional = len(rest) < len(args)
+        if set(rest) == {Path, str}:
+            return Path, optional
+        if len(rest) == 1 and optional:
             return rest[0], True
     return annotation, False
 

@@ -130,6 +130,23 @@ def test_generate_suite_prints_batched_and_bound_lines(tmp_path: Path) -> None:
     assert lines[0]["settings"]["flops_per_token"] == pytest.approx(expected_flops, rel=1e-3)
 
 
+def test_scale_suite_prints_worker_ratio_and_ray_overhead(tmp_path: Path) -> None:
+    pytest.importorskip("ray")  # the [ray] extra; the README's install line includes it
+    lines = run_suite("scale", tmp_path)
+    assert [line["name"] for line in lines] == [
+        "scale_ray_2_vs_1_worker",
+        "scale_ray_overhead_per_chunk",
+    ]
+    for line in lines:
+        check_line(line)
+    overhead = lines[1]
+    assert overhead["settings"]["chunks"] == {"small": 1, "large": 4}
+    # Quick runs are too short for the figures to mean anything; their parts must exist.
+    assert isinstance(overhead["settings"]["overhead_s_per_chunk"], float)
+    assert isinstance(overhead["settings"]["fixed_start_s"], float)
+    assert set(lines[0]["settings"]["actor_start_s"]) == {"ray1", "ray2"}
+
+
 def test_head_benchmark_prints_its_comparisons() -> None:
     lines = run_script("head.py", "--quick")
     assert [line["name"] for line in lines] == [

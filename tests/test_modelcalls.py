@@ -148,3 +148,59 @@ def test_run_chunks_journals_each_chunk_and_resumes(tmp_path: Path) -> None:
 )
 def test_first_repeat(ids: list[str], expected: tuple[int, int] | None) -> None:
     assert first_repeat(ids) == expected
+
+
+@pytest.mark.parametrize(
+    "config_class",
+    [GenerateConfig, ScoreConfig, ContextsConfig, RubricsConfig, JudgeConfig, EvalConfig],
+)
+def test_every_model_calling_stage_takes_the_engine_settings(config_class) -> None:
+    assert {"engine", "workers", "ray_address"} <= config_class.option_names()
+    for field in ("engine", "workers", "ray_address"):
+        assert config_class.model_fields[field].description  # the CLI's help text
+
+
+def test_engine_settings_are_validated_and_left_out_of_the_identity(tmp_path: Path) -> None:
+    options = {"prompts": tmp_path / "p.parquet", "out": tmp_path / "g.parquet"}
+    with pytest.raises(ConfigError, match="'workers'"):
+        GenerateConfig.from_options(**options, workers=0)
+    with pytest.raises(ConfigError, match="'engine'"):
+        GenerateConfig.from_options(**options, engine="spark")
+    with pytest.raises(ConfigError, match="'ray_address'"):
+        GenerateConfig.from_options(**options, ray_address="  ")
+    local = GenerateConfig.from_options(**options)
+    remote = GenerateConfig.from_options(
+        **options, engine="ray", workers=4, ray_address="10.0.0.1:6379"
+    )
+    assert local.identity() == remote.identity()
+    assert remote.engine_settings() == {
+        "engine": "ray",
+        "workers": 4,
+        "ray_address": "10.0.0.1:6379",
+    }
+
+
+def test_pipeline_files_take_the_engine_keys(tmp_path: Path) -> None:
+    from mipo_engine.pipeline.config import parse_pipeline
+
+    config = parse_pipeline(
+        {
+            "run_dir": str(tmp_path),
+            "defaults": {"workers": 2},
+            "stages": [
+                {"stage": "ingest", "inputs": ["builtin:general"]},
+                {"stage": "generate", "engine": "ray", "ray_address": "auto"},
+                {"stage": "score", "engine": "ray"},
+            ],
+        }
+    )
+    assert config.entry("generate").options["engine"] == "ray"
+
+
+def test_object_store_urls_survive_the_cli_path_options() -> None:
+    from mipo_engine.artifacts.location import as_location, is_url
+
+    assert as_location(Path("s3://bucket/run/g.parquet")) == "s3://bucket/run/g.parquet"
+    assert as_location("gs://bucket/g.parquet") == "gs://bucket/g.parquet"
+    assert as_location("runs/g.parquet") == Path("runs/g.parquet")
+    assert is_url("s3://b/k") and not is_url("/tmp/s3:/x")

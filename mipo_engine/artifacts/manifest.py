@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mipo_engine import __version__
+from mipo_engine.artifacts import location
 from mipo_engine.artifacts.store import file_sha256
 
 REDACTED = "<redacted>"
@@ -55,6 +56,9 @@ def describe_inputs(paths: dict[str, str | Path | None]) -> list[dict[str, Any]]
     described = []
     for role, path in paths.items():
         if path is None:
+            continue
+        if location.is_url(path):
+            described.append({"role": role, "path": str(path), **location.describe(str(path))})
             continue
         path = Path(path)
         entry: dict[str, Any] = {"role": role, "path": str(path)}

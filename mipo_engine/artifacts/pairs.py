@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from mipo_engine.artifacts.location import as_location
 from mipo_engine.artifacts.preferences import REFERENCE_COLUMNS
 from mipo_engine.artifacts.schemas import (
     GENERATIONS,
@@ -32,7 +33,7 @@ from mipo_engine.artifacts.schemas import (
     Column,
     validate_frame,
 )
-from mipo_engine.artifacts.store import parquet_columns, read_artifact
+from mipo_engine.artifacts.store import read_artifact, read_parquet
 from mipo_engine.chat import Message
 from mipo_engine.errors import InputError
 
@@ -82,11 +83,10 @@ def read_pairs(
     Raises:
         InputError: naming the file, the 1-based row and the column at fault.
     """
-    path = Path(path)
-    columns = parquet_columns(path)
-    if "chosen_input" in columns:
-        return _pairs_from_generations(read_artifact(path, GENERATIONS))
-    frame = pl.read_parquet(path)
+    path = as_location(path)
+    frame = read_parquet(path)
+    if "chosen_input" in frame.columns:
+        return _pairs_from_generations(validate_frame(frame, GENERATIONS, file=path))
     if split is not None and "split" in frame.columns:
         frame = _only_split(frame, split, path)
     return _pairs_from_preferences(frame, path, render)

@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from mipo_engine import __version__
+from mipo_engine.artifacts import location
 from mipo_engine.artifacts.config import StageConfig  # noqa: F401
 from mipo_engine.artifacts.journal import RowJournal
 from mipo_engine.artifacts.manifest import (
@@ -36,12 +37,24 @@ def derive_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def check_output_path(output: Path, *inputs: Path | None) -> Path:
+def check_output_path(output: Path | str, *inputs: Path | str | None) -> Path:
+    if location.is_url(output):
+        url = str(output)
+        if not url.endswith(".parquet"):
+            raise ConfigError(f"output must be a .parquet file, got {url}", key="out")
+        if url in {str(path) for path in inputs if path is not None}:
+            raise ConfigError(f"output {url} would overwrite an input", key="out")
+        location.check_writable(url, key="out")
+        return url  # type: ignore[return-value]
     output = Path(output)
     if output.suffix != ".parquet":
         raise ConfigError(f"output must be a .parquet file, got {output}", key="out")
     for path in inputs:
-        if path is not None and Path(path).resolve() == output.resolve():
+        if (
+            path is not None
+            and not location.is_url(path)
+            and Path(path).resolve() == output.resolve()
+        ):
             raise ConfigError(f"output {output} would overwrite an input", key="out")
     return output
 
@@ -57,7 +70,7 @@ class StageRun:
     started_at: str = field(default_factory=now_iso)
 
     def __post_init__(self) -> None:
-        self.output = Path(self.output)
+        self.output = location.as_location(self.output)
         self.input_info = describe_inputs(self.inputs)
         self.fingerprint = fingerprint(self.config, self.input_info)
 

@@ -3,6 +3,9 @@
 An artifact ``X.parquet`` is complete when ``X.parquet`` and ``X.manifest.json`` both exist;
 the manifest is written last, so a crash at any point leaves either nothing visible or an
 artifact without a manifest, which every stage treats as absent.
+
+``path`` may also be an ``s3://`` or ``gs://`` URL (see ``artifacts.location``): each object
+is one upload, visible only once complete, and the manifest is still written last.
 """
 
 from __future__ import annotations
@@ -19,11 +22,16 @@ from typing import Any
 
 import polars as pl
 
+from mipo_engine.artifacts import location
 from mipo_engine.artifacts.schemas import ArtifactSchema, validate_frame
 from mipo_engine.errors import InputError
 
 
 def manifest_path(path: str | Path) -> Path:
+    if location.is_url(path):
+        return location.sibling(
+            path, location.name(path).removesuffix(".parquet") + ".manifest.json"
+        )  # type: ignore[return-value]
     path = Path(path)
     return path.with_name(path.stem + ".manifest.json")
 
@@ -71,11 +79,15 @@ def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> None:
 
 def is_complete(path: str | Path) -> bool:
     """True when the artifact and its manifest both exist."""
+    if location.is_url(path):
+        return location.is_file(path) and location.is_file(manifest_path(path))
     path = Path(path)
     return path.is_file() and manifest_path(path).is_file()
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
+    if location.is_url(path):
+        return json.loads(location.read_bytes(str(manifest_path(path))))
     return json.loads(manifest_path(path).read_text(encoding="utf-8"))
 
 
@@ -86,6 +98,8 @@ def write_artifact(
     manifest: dict[str, Any],
 ) -> Path:
     """Validate ``frame``, write it and then its manifest, both atomically."""
+    if location.is_url(path):
+        return _write_remote_artifact(frame, str(path), schema, manifest)
     path = Path(path)
     frame = validate_frame(frame, schema, file=path)
     manifest_file = manifest_path(path)
@@ -104,6 +118,27 @@ def write_artifact(
     return path
 
 
+def _write_remote_artifact(
+    frame: pl.DataFrame, url: str, schema: ArtifactSchema, manifest: dict[str, Any]
+) -> Any:
+    frame = validate_frame(frame, schema, file=url)
+    manifest_url = str(manifest_path(url))
+    location.remove(manifest_url)  # the old manifest must not vouch for the new data
+    data = location.frame_bytes(frame)
+    location.write_bytes(url, data)
+    manifest = dict(manifest)
+    manifest["output"] = {
+        "path": url,
+        "artifact": schema.name,
+        "rows": frame.height,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "schema": {name: str(dtype) for name, dtype in frame.schema.items()},
+    }
+    payload = json.dumps(manifest, indent=2, default=str) + "\n"
+    location.write_bytes(manifest_url, payload.encode("utf-8"))
+    return url
+
+
 def _check_exists(path: Path) -> None:
     if not path.is_file():
         raise InputError("file not found", file=path)
@@ -114,6 +149,8 @@ def parquet_columns(path: str | Path) -> dict[str, pl.DataType]:
 
     Raises InputError naming the file when it is missing or not readable Parquet.
     """
+    if location.is_url(path):
+        return dict(read_parquet(path).schema)
     path = Path(path)
     _check_exists(path)
     try:
@@ -127,6 +164,8 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pl.DataF
 
     Raises InputError naming the file when it is missing or not readable Parquet.
     """
+    if location.is_url(path):
+        return _read_remote(str(path), columns)
     path = Path(path)
     _check_exists(path)
     try:
@@ -135,6 +174,20 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pl.DataF
         raise InputError(f"not a readable Parquet file ({error})", file=path) from None
 
 
+def _read_remote(url: str, columns: list[str] | None) -> pl.DataFrame:
+    try:
+        found = location.is_file(url)
+    except Exception as error:  # drivers raise their own types for network and auth errors
+        raise InputError(f"cannot reach the object store ({error})", file=url) from None
+    if not found:
+        raise InputError("file not found", file=url)
+    try:
+        return location.read_frame(url, columns)
+    except Exception as error:  # polars raises several types for corrupt files
+        raise InputError(f"not a readable Parquet file ({error})", file=url) from None
+
+
 def read_artifact(path: str | Path, schema: ArtifactSchema) -> pl.DataFrame:
     """Read and validate a Parquet artifact; errors name the file, row and column."""
-    return validate_frame(read_parquet(path), schema, file=Path(path))
+    file = path if location.is_url(path) else Path(path)
+    return validate_frame(read_parquet(path), schema, file=file)

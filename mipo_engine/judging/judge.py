@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,10 @@ from mipo_engine.judging.targets import Judgment, plan_judgments, read_targets
 from mipo_engine.modelcalls.asking import Query, ask_with_retries
 from mipo_engine.modelcalls.running import (
     BackendHandle,
+    check_engine,
     console,
     finished_rows,
-    run_chunks,
+    run_model_chunks,
     unfinished,
     write_output,
 )
@@ -197,6 +199,7 @@ def judge_responses(
     """
     output = check_output_path(out, responses, rubrics, reference)
     inputs = {"responses": responses, "rubrics": rubrics, "reference": reference}
+    check_engine(settings, shared_backend=backend is not None)
     run = StageRun("judge", output, identity, inputs)
     if run.up_to_date() and summary_path(output).is_file():
         console.print(f"{output} is up to date.")
@@ -213,15 +216,17 @@ def judge_responses(
     journal = run.journal()
     todo, _ = unfinished(journal, plans, "judgments already done", key=lambda plan: plan.id)
     started = time.perf_counter()
-    handle = BackendHandle(settings.backend, settings.model, settings.backend_options(), backend)
-    with handle as model:
-        if needs_model(todo, mode):
+    options = settings.backend_options()
+    with BackendHandle(settings.backend, settings.model, options, backend) as model:
+        if needs_model(todo, mode) and settings.engine == "local":
             model.get()
-        run_chunks(
+        chunks_run = run_model_chunks(
             todo,
-            lambda chunk: judge_chunk(model, chunk, mode, settings),
+            partial(judge_chunk, mode=mode, settings=settings),
             journal,
-            chunk_size=settings.chunk_size,
+            settings=settings,
+            local=model,
+            opener=partial(BackendHandle, settings.backend, settings.model, options),
             label="judging",
             total=len(plans),
             done=len(plans) - len(todo),
@@ -230,7 +235,12 @@ def judge_responses(
     tasks = {t.response_id: t.task for t in targets}
     summary = {"input": kind, **summarize(judgments, tasks, mode)}
     write_json_atomic(summary_path(output), summary)
-    stats = {**summary, "seconds_this_run": round(time.perf_counter() - started, 3)}
+    stats = {
+        **summary,
+        "seconds_this_run": round(time.perf_counter() - started, 3),
+        "chunks_this_run": chunks_run,
+        "engine": settings.engine_settings(),
+    }
     path = write_output(
         run,
         journal,

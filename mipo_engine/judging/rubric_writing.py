@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,10 @@ from mipo_engine.judging.validation import parse_json_object, validate_rubric
 from mipo_engine.modelcalls.asking import Query, ask_with_retries
 from mipo_engine.modelcalls.running import (
     BackendHandle,
+    check_engine,
     console,
     finished_rows,
-    run_chunks,
+    run_model_chunks,
     unfinished,
     write_output,
 )
@@ -218,6 +220,7 @@ def write_rubrics(
     (``rubrics_identity``); ``backend``: a backend to use instead of making one.
     """
     output = check_output_path(out, contexts)
+    check_engine(settings, shared_backend=backend is not None)
     run = StageRun("rubrics", output, identity, {"contexts": contexts})
     if run.up_to_date():
         console.print(f"{output} is up to date.")
@@ -229,15 +232,17 @@ def write_rubrics(
     journal = run.journal()
     todo, _ = unfinished(journal, plans, "items already done", key=lambda plan: plan.id)
     started = time.perf_counter()
-    handle = BackendHandle(settings.backend, settings.model, settings.backend_options(), backend)
-    with handle as model:
-        if any(plan.checker is None for plan in todo):
+    options = settings.backend_options()
+    with BackendHandle(settings.backend, settings.model, options, backend) as model:
+        if any(plan.checker is None for plan in todo) and settings.engine == "local":
             model.get()
-        run_chunks(
+        run_model_chunks(
             todo,
-            lambda chunk: _chunk_rows(model, chunk, settings),
+            partial(_chunk_rows, settings=settings),
             journal,
-            chunk_size=settings.chunk_size,
+            settings=settings,
+            local=model,
+            opener=partial(BackendHandle, settings.backend, settings.model, options),
             label="rubrics",
             total=len(plans),
             done=len(plans) - len(todo),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import polars as pl
 from rich.console import Console
@@ -15,10 +16,16 @@ from mipo_engine.artifacts.run import StageRun
 from mipo_engine.artifacts.schemas import ArtifactSchema
 from mipo_engine.backends.base import Backend
 from mipo_engine.backends.registry import create_backend
+from mipo_engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mipo_engine.modelcalls.settings import ModelCallConfig
 
 console = Console(stderr=True)
 
 T = TypeVar("T")
+S = TypeVar("S")
+R = TypeVar("R")
 
 
 def progress_bar() -> Progress:
@@ -49,6 +56,11 @@ class BackendHandle:
         self._given = given
         self._made: Backend | None = None
 
+    @property
+    def shared(self) -> bool:
+        """Whether the caller passed its own backend (it cannot travel to other processes)."""
+        return self._given is not None
+
     def get(self) -> Backend:
         if self._given is not None:
             return self._given
@@ -73,6 +85,40 @@ class BackendHandle:
         self.close()
 
 
+def split_chunks(todo: Sequence[T], chunk_size: int) -> list[list[T]]:
+    """``todo`` in consecutive chunks of ``chunk_size`` (the last may be shorter)."""
+    return [list(todo[start : start + chunk_size]) for start in range(0, len(todo), chunk_size)]
+
+
+def _journal_all(
+    finished: Iterable[tuple[list[T], pl.DataFrame | None]],
+    journal: RowJournal,
+    *,
+    label: str,
+    total: int,
+    done: int,
+    todo: int,
+    show: Literal["bar", "lines"],
+) -> int:
+    """Append each finished chunk's rows to the journal as it arrives; count the chunks."""
+    count = rows = 0
+    if show == "lines":
+        for chunk, frame in finished:
+            if frame is not None:
+                journal.append(frame)
+            count, rows = count + 1, rows + len(chunk)
+            console.print(f"{label} {rows} of {todo}")
+        return count
+    with progress_bar() as progress:
+        task = progress.add_task(label, total=total, completed=done)
+        for chunk, frame in finished:
+            if frame is not None:
+                journal.append(frame)
+            count += 1
+            progress.advance(task, len(chunk))
+    return count
+
+
 def run_chunks(
     todo: Sequence[T],
     work: Callable[[list[T]], pl.DataFrame | None],
@@ -91,22 +137,73 @@ def run_chunks(
     keep. ``show``: a progress bar over ``total`` rows (``done`` already finished), or one
     line per chunk (``"<label> <n> of <todo>"``) for stages whose backend shows its own bar.
     """
-    if show == "lines":
-        for start in range(0, len(todo), chunk_size):
-            chunk = list(todo[start : start + chunk_size])
-            frame = work(chunk)
-            if frame is not None:
-                journal.append(frame)
-            console.print(f"{label} {min(start + len(chunk), len(todo))} of {len(todo)}")
+    finished = ((chunk, work(chunk)) for chunk in split_chunks(todo, chunk_size))
+    _journal_all(finished, journal, label=label, total=total, done=done, todo=len(todo), show=show)
+
+
+def check_engine(settings: ModelCallConfig, *, shared_backend: bool = False) -> None:
+    """Fail early, before anything is written, when the engine settings cannot work:
+    ``--engine ray`` without Ray installed, an unreachable ``--ray-address``, or a backend
+    object passed by the caller (it lives in this process; Ray workers build their own).
+    With ``--engine ray`` this connects to (or starts) the Ray instance the run will use."""
+    if settings.engine == "local":
         return
-    with progress_bar() as progress:
-        task = progress.add_task(label, total=total, completed=done)
-        for start in range(0, len(todo), chunk_size):
-            chunk = list(todo[start : start + chunk_size])
-            frame = work(chunk)
-            if frame is not None:
-                journal.append(frame)
-            progress.advance(task, len(chunk))
+    if shared_backend:
+        raise ConfigError(
+            "a backend object was passed to the stage; with engine ray every worker builds "
+            "its own from the settings (leave the backend out, or use engine local)",
+            key="engine",
+        )
+    from mipo_engine.modelcalls.ray_engine import connect
+
+    connect(settings)
+
+
+def run_model_chunks(
+    todo: Sequence[T],
+    work: Callable[[S, list[T]], R],
+    journal: RowJournal,
+    *,
+    settings: ModelCallConfig,
+    local: S,
+    opener: Callable[[], AbstractContextManager[S]],
+    record: Callable[[list[T], R], pl.DataFrame | None] | None = None,
+    label: str,
+    total: int,
+    done: int,
+    show: Literal["bar", "lines"] = "bar",
+) -> int:
+    """Run a model-calling stage's chunks on its engine; return how many chunks ran.
+
+    ``work(model, chunk)`` computes one chunk where the model lives: in this process with
+    ``local`` (``--engine local``), or on a Ray actor that entered ``opener()`` once
+    (``--engine ray``; ``work`` and ``opener`` then travel to the actors, so they must not
+    depend on this process's state). ``record(chunk, result)`` runs here on each result as
+    it returns and gives the chunk's journal rows (default: the result itself). The journal
+    stays in this process: a chunk is saved when its result arrives, so a rerun after a
+    crash computes only the chunks not saved. Chunks are ``settings.chunk_size`` rows.
+    """
+    chunks = split_chunks(todo, settings.chunk_size)
+    computed: Iterator[tuple[list[T], R]]
+    if settings.engine == "ray" and chunks:
+        from mipo_engine.modelcalls.ray_engine import map_chunks
+
+        computed = map_chunks(settings, opener, work, chunks)
+    else:
+        computed = ((chunk, work(local, chunk)) for chunk in chunks)
+    finished = (
+        (chunk, record(chunk, result) if record is not None else result)
+        for chunk, result in computed
+    )
+    return _journal_all(
+        finished,  # type: ignore[arg-type]
+        journal,
+        label=label,
+        total=total,
+        done=done,
+        todo=len(todo),
+        show=show,
+    )
 
 
 def keep_order(frame: pl.DataFrame, key: str, order: Sequence[str]) -> pl.DataFrame:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mipo_engine.artifacts.config import StageConfig
 from mipo_engine.backends.base import SamplingConfig
@@ -21,7 +21,9 @@ BackendName = BackendChoice
 LocalBackendName = LocalBackendChoice
 
 
-EXECUTION_FIELDS = frozenset({"batch_size", "chunk_size", "concurrency", "out"})
+EXECUTION_FIELDS = frozenset(
+    {"batch_size", "chunk_size", "concurrency", "out", "engine", "workers", "ray_address"}
+)
 """Settings that change how a run executes, not what it writes: left out of its identity."""
 
 
@@ -43,6 +45,19 @@ class ModelCallConfig(StageConfig):
     chunk_size: int = Field(
         32, ge=1, description="Rows per saved chunk: the unit of resume after a crash."
     )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the chunks run: local (this process) or ray (Ray actors, one "
+        "backend instance each; the journal stays with this process).",
+    )
+    workers: int = Field(
+        1, ge=1, description="Ray actors, each hosting one backend instance (--engine ray)."
+    )
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster to join (host:port or auto); default: start a local Ray "
+        "instance (--engine ray).",
+    )
 
     chunk_key: ClassVar[str] = "chunk_size"
     option_help: ClassVar[dict[str, str]] = {}
@@ -57,9 +72,20 @@ class ModelCallConfig(StageConfig):
             data["chunk_size"] = data.pop(cls.chunk_key)
         return data
 
+    @field_validator("ray_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("give a host:port, auto, or leave it unset")
+        return value
+
     @classmethod
     def option_name(cls, field: str | None) -> str | None:
         return cls.chunk_key if field == "chunk_size" else field
+
+    def engine_settings(self) -> dict[str, object]:
+        """How the chunks ran, for the manifest (they do not change the rows)."""
+        return {"engine": self.engine, "workers": self.workers, "ray_address": self.ray_address}
 
     def identity(self) -> dict[str, object]:
         """Settings that change the output (batching, chunking, concurrency and paths do not)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -46,9 +47,10 @@ from mipo_engine.judging.validation import parse_json_object, validate_user_cont
 from mipo_engine.modelcalls.asking import Query, Reply, ask_with_retries
 from mipo_engine.modelcalls.running import (
     BackendHandle,
+    check_engine,
     console,
     finished_rows,
-    run_chunks,
+    run_model_chunks,
     unfinished,
 )
 from mipo_engine.modelcalls.settings import AskingConfig
@@ -416,9 +418,16 @@ def _write_prompts(config: ContextsConfig, contexts: pl.DataFrame, source: str) 
     )
 
 
+def _infer_chunk(
+    model: BackendHandle, chunk: list[SourceRow], *, config: ContextsConfig
+) -> pl.DataFrame:
+    return _journal_rows(chunk, _infer(model.get(), chunk, config))
+
+
 def run_contexts(config: ContextsConfig, *, backend: Backend | None = None) -> Path:
     """Infer user contexts from ``config.preferences`` into ``config.out``; return its path."""
     output = check_output_path(config.out, config.preferences)
+    check_engine(config, shared_backend=backend is not None)
     run = StageRun("contexts", output, config.identity(), {"preferences": config.preferences})
     source = Path(config.preferences).name
     if run.up_to_date():
@@ -430,12 +439,15 @@ def run_contexts(config: ContextsConfig, *, backend: Backend | None = None) -> P
     journal = run.journal(key="source_id")
     todo, _ = unfinished(journal, rows, "rows already done", key=lambda row: row.source_id)
     started = time.perf_counter()
-    with BackendHandle(config.backend, config.model, config.backend_options(), backend) as model:
-        run_chunks(
+    options = config.backend_options()
+    with BackendHandle(config.backend, config.model, options, backend) as model:
+        run_model_chunks(
             todo,
-            lambda chunk: _journal_rows(chunk, _infer(model.get(), chunk, config)),
+            partial(_infer_chunk, config=config),
             journal,
-            chunk_size=config.chunk_size,
+            settings=config,
+            local=model,
+            opener=partial(BackendHandle, config.backend, config.model, options),
             label="contexts",
             total=len(rows),
             done=len(rows) - len(todo),

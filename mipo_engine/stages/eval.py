@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -67,7 +68,7 @@ from mipo_engine.evaluation.tasks import (
     letter_continuations,
     load_items,
 )
-from mipo_engine.modelcalls.running import run_chunks, unfinished
+from mipo_engine.modelcalls.running import check_engine, run_model_chunks, unfinished
 from mipo_engine.modelcalls.settings import LocalBackendName, ModelCallConfig
 from mipo_engine.sources.benchmarks import EVAL_STOP_SEQUENCES, choice_labels, eval_prompt
 from mipo_engine.sources.ifeval import read_responses
@@ -498,6 +499,10 @@ def _evaluate_chunk(backends: _Backends, units: list[Unit], config: EvalConfig) 
     return _evaluate_personalization(backends.policy, backends.base, units, config)
 
 
+def _evaluate_frame(backends: _Backends, units: list[Unit], *, config: EvalConfig) -> pl.DataFrame:
+    return pl.DataFrame(_evaluate_chunk(backends, units, config), schema=EVAL.polars_schema())
+
+
 # --------------------------------------------------------------------------------------------
 # The stage
 
@@ -547,14 +552,15 @@ def _generate_all(
     todo, done = unfinished(journal, units, "responses already evaluated", key=lambda unit: unit.id)
     if not todo:
         return 0
-    with _open_backends(config, policy, base) as backends:
-        run_chunks(
+    local = nullcontext(None) if config.engine == "ray" else _open_backends(config, policy, base)
+    with local as backends:
+        run_model_chunks(
             todo,
-            lambda chunk: pl.DataFrame(
-                _evaluate_chunk(backends, chunk, config), schema=EVAL.polars_schema()
-            ),
+            partial(_evaluate_frame, config=config),
             journal,
-            chunk_size=config.chunk_size,
+            settings=config,
+            local=backends,
+            opener=partial(_open_backends, config, None, None),
             label=f"eval {config.task}",
             total=len(units),
             done=len(done),
@@ -618,6 +624,8 @@ def run_eval(
         "responses": config.responses,
     }
     run = StageRun("eval", output, config.identity(), inputs)
+    if config.responses is None:
+        check_engine(config, shared_backend=backend is not None or base_backend is not None)
     if run.up_to_date():
         console.print(f"{output} is up to date; nothing to do.")
         return output

@@ -8,12 +8,14 @@ the global seed and the pair id, so the result does not depend on where a run wa
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field
 
+from mipo_engine.artifacts.location import Location
 from mipo_engine.artifacts.run import (
     StageRun,
     check_output_path,
@@ -31,8 +33,9 @@ from mipo_engine.commandline import Cli
 from mipo_engine.errors import MipoError
 from mipo_engine.modelcalls.running import (
     BackendHandle,
+    check_engine,
     finished_rows,
-    run_chunks,
+    run_model_chunks,
     unfinished,
     write_output,
 )
@@ -44,8 +47,8 @@ Strategy = Literal["missing-context", "random-context", "random-prompt", "prompt
 
 
 class GenerateConfig(ServedModelConfig):
-    prompts: Path = Field(description="Input prompts .parquet (from mipo ingest).")
-    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output generations .parquet.")
+    prompts: Location = Field(description="Input prompts .parquet (from mipo ingest).")
+    out: Annotated[Location, Cli("--out", "-o")] = Field(description="Output generations .parquet.")
     strategy: Strategy = Field(
         "missing-context",
         description="Negative strategy: missing-context (rejected without the user context), random-context (rejected with another user's context), random-prompt (rejected answers another prompt), prompt ((prompt, context) as one unit, rejected from another unit).",
@@ -105,6 +108,19 @@ def _pair_rows(
     return frame, failures
 
 
+def _generate_chunk(
+    model: BackendHandle, chunk: list[PairPlan], *, sampling: SamplingConfig, config: GenerateConfig
+) -> tuple[pl.DataFrame, list[tuple[str, str]], int]:
+    """One chunk's pair rows, failed pairs and new tokens (runs where the model lives)."""
+    requests = []
+    for plan in chunk:
+        requests.append(GenerationRequest(plan.id, plan.chosen_messages, plan.chosen_seed))
+        requests.append(GenerationRequest(plan.id, plan.rejected_messages, plan.rejected_seed))
+    completions = model.get().generate(requests, sampling)
+    frame, failures = _pair_rows(model.get(), chunk, completions, config)
+    return frame, failures, sum(c.num_tokens for c in completions)
+
+
 def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> Path:
     """Generate the pairs of ``config.prompts`` into ``config.out``; return the output path."""
     output = check_output_path(config.out, config.prompts)
@@ -123,6 +139,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
     if config.limit is not None:
         kept = set(prompts["id"].head(config.limit).to_list())
         plans = [plan for plan in plans if plan.prompt_id in kept]
+    check_engine(config, shared_backend=backend is not None)
     run = StageRun("generate", output, config.identity(), {"prompts": config.prompts})
     journal = run.journal(reuse_output=True)  # failed pairs are not in the output
     todo, done = unfinished(journal, plans, "pairs already generated", key=lambda p: p.id)
@@ -130,28 +147,28 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
     )
     failures: list[tuple[str, str]] = []
-    new_tokens, started = 0, time.perf_counter()
+    new_tokens, chunks_run, started = 0, 0, time.perf_counter()
 
-    def generate_chunk(chunk: list[PairPlan]) -> pl.DataFrame:
+    def record(chunk: list[PairPlan], result: tuple[pl.DataFrame, list, int]) -> pl.DataFrame:
         nonlocal new_tokens
-        requests = []
-        for plan in chunk:
-            requests.append(GenerationRequest(plan.id, plan.chosen_messages, plan.chosen_seed))
-            requests.append(GenerationRequest(plan.id, plan.rejected_messages, plan.rejected_seed))
-        completions = model.get().generate(requests, sampling)
-        new_tokens += sum(c.num_tokens for c in completions)
-        frame, chunk_failures = _pair_rows(model.get(), chunk, completions, config)
+        frame, chunk_failures, tokens = result
+        new_tokens += tokens
         failures.extend(chunk_failures)
         return frame
 
-    with BackendHandle(config.backend, config.model, config.backend_options(), backend) as model:
+    options = config.backend_options()
+    with BackendHandle(config.backend, config.model, options, backend) as model:
         if todo:
-            model.get()
-            run_chunks(
+            if config.engine == "local":
+                model.get()
+            chunks_run = run_model_chunks(
                 todo,
-                generate_chunk,
+                partial(_generate_chunk, sampling=sampling, config=config),
                 journal,
-                chunk_size=config.chunk_size,
+                settings=config,
+                local=model,
+                opener=partial(BackendHandle, config.backend, config.model, options),
+                record=record,
                 label="pairs",
                 total=len(plans),
                 done=len(done),
@@ -171,6 +188,8 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> P
         "planned_pairs": len(plans),
         "failed": [{"id": pid, "reason": reason} for pid, reason in failures],
         "new_tokens_this_run": new_tokens,
+        "chunks_this_run": chunks_run,
+        "engine": config.engine_settings(),
         "seconds_this_run": round(elapsed, 3),
         "tokens_per_second_this_run": round(new_tokens / elapsed, 2) if elapsed > 0 else None,
         "finish_reasons": {

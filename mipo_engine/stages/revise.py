@@ -23,6 +23,7 @@ journal parts, so a killed run resumes at the first unfinished chunk with the sa
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -42,7 +43,13 @@ from mipo_engine.chat import Message
 from mipo_engine.commandline import Cli
 from mipo_engine.errors import ConfigError, InputError, MipoError
 from mipo_engine.evaluation.tasks import ANSWER_MARKER
-from mipo_engine.modelcalls.running import BackendHandle, run_chunks, unfinished, write_output
+from mipo_engine.modelcalls.running import (
+    BackendHandle,
+    check_engine,
+    run_model_chunks,
+    unfinished,
+    write_output,
+)
 from mipo_engine.modelcalls.settings import ServedModelConfig
 from mipo_engine.models import resolve_model
 from mipo_engine.templates import render
@@ -156,6 +163,55 @@ def _check_rows(config: ReviseConfig, frame: pl.DataFrame) -> None:
             )
 
 
+def _sampling(config: ReviseConfig) -> SamplingConfig:
+    return SamplingConfig(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
+    )
+
+
+Revised = tuple[pl.DataFrame | None, list[str], int]
+"""One chunk's revisions: the rows kept, the ids that failed, the new tokens."""
+
+
+def _revise_chunk(
+    model: BackendHandle,
+    chunk: list[dict[str, Any]],
+    *,
+    config: ReviseConfig,
+    gold: dict[str, str],
+) -> Revised:
+    """Revise one chunk where the model lives (this process, or a Ray actor)."""
+    sampling = _sampling(config)
+    messages = [revision_messages(row, config.mode, gold.get(row["prompt_id"])) for row in chunk]
+    seeds = [derive_seed(config.seed, row["id"], "revise") for row in chunk]
+    requests = [
+        GenerationRequest(row["id"], m, s) for row, m, s in zip(chunk, messages, seeds, strict=True)
+    ]
+    completions = model.get().generate(requests, sampling)
+    kept, failed, new_tokens = [], [], 0
+    for row, message, seed, completion in zip(chunk, messages, seeds, completions, strict=True):
+        if completion.finish_reason == "error" or not completion.text.strip():
+            failed.append(row["id"])
+            continue
+        new_tokens += completion.num_tokens
+        kept.append(
+            {
+                **row,
+                "chosen": completion.text,
+                "chosen_finish_reason": completion.finish_reason,
+                "chosen_tokens": completion.num_tokens,
+                "original_chosen": row["chosen"],
+                "revision_input": model.get().render(message),
+                "revision_mode": config.mode,
+                "revision_seed": seed,
+            }
+        )
+    if not kept:
+        return None, failed, new_tokens
+    frame = pl.DataFrame(kept, schema={**GENERATIONS.polars_schema(), **EXTRA_COLUMNS})
+    return frame, failed, new_tokens
+
+
 def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
     """Revise the ``chosen`` responses of ``config.generations`` into ``config.out``."""
     output = check_output_path(config.out, config.generations, config.prompts)
@@ -165,6 +221,7 @@ def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
     if config.backend != "openai" and backend is None:
         resolve_model(config.model)  # a bad model path fails before anything is written
     rows = frame.to_dicts()
+    check_engine(config, shared_backend=backend is not None)
     run = StageRun(
         "revise",
         output,
@@ -173,56 +230,30 @@ def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
     )
     journal = run.journal()
     todo, done = unfinished(journal, rows, "revisions already written", key=lambda row: row["id"])
-    sampling = SamplingConfig(
-        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
-    )
     options = config.backend_options()
     if config.backend == "hf":
         options["show_progress"] = False  # one line per chunk instead (below)
     failures: list[str] = []
     started, new_tokens = time.perf_counter(), 0
 
-    def revise_chunk(chunk: list[dict[str, Any]]) -> pl.DataFrame | None:
+    def record(chunk: list[dict[str, Any]], result: Revised) -> pl.DataFrame | None:
         nonlocal new_tokens
-        messages = [
-            revision_messages(row, config.mode, gold.get(row["prompt_id"])) for row in chunk
-        ]
-        seeds = [derive_seed(config.seed, row["id"], "revise") for row in chunk]
-        requests = [
-            GenerationRequest(row["id"], m, s)
-            for row, m, s in zip(chunk, messages, seeds, strict=True)
-        ]
-        completions = model.get().generate(requests, sampling)
-        kept = []
-        for row, message, seed, completion in zip(chunk, messages, seeds, completions, strict=True):
-            if completion.finish_reason == "error" or not completion.text.strip():
-                failures.append(row["id"])
-                continue
-            new_tokens += completion.num_tokens
-            kept.append(
-                {
-                    **row,
-                    "chosen": completion.text,
-                    "chosen_finish_reason": completion.finish_reason,
-                    "chosen_tokens": completion.num_tokens,
-                    "original_chosen": row["chosen"],
-                    "revision_input": model.get().render(message),
-                    "revision_mode": config.mode,
-                    "revision_seed": seed,
-                }
-            )
-        if not kept:
-            return None
-        return pl.DataFrame(kept, schema={**GENERATIONS.polars_schema(), **EXTRA_COLUMNS})
+        frame, failed, tokens = result
+        failures.extend(failed)
+        new_tokens += tokens
+        return frame
 
     with BackendHandle(config.backend, config.model, options, backend) as model:
-        if todo:
+        if todo and config.engine == "local":
             model.get()
-        run_chunks(
+        run_model_chunks(
             todo,
-            revise_chunk,
+            partial(_revise_chunk, config=config, gold=gold),
             journal,
-            chunk_size=config.chunk_size,
+            settings=config,
+            local=model,
+            opener=partial(BackendHandle, config.backend, config.model, options),
+            record=record,
             label="revised",
             total=len(rows),
             done=len(done),
@@ -256,8 +287,9 @@ def run_revise(config: ReviseConfig, *, backend: Backend | None = None) -> Path:
         stats={
             "rows": finished.height,
             "mode": config.mode,
+            "engine": config.engine_settings(),
             "new_tokens_this_run": new_tokens,
             "seconds_this_run": round(elapsed, 3),
-            "sampling": sampling.as_record(),
+            "sampling": _sampling(config).as_record(),
         },
     )

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field
 
+from mipo_engine.artifacts.location import Location
 from mipo_engine.artifacts.pairs import read_pairs
 from mipo_engine.artifacts.run import StageRun, check_output_path
 from mipo_engine.artifacts.schemas import SCORES
@@ -39,8 +41,9 @@ from mipo_engine.chat import Message, build_messages
 from mipo_engine.commandline import Cli
 from mipo_engine.modelcalls.running import (
     BackendHandle,
+    check_engine,
     finished_rows,
-    run_chunks,
+    run_model_chunks,
     unfinished,
     write_output,
 )
@@ -53,11 +56,11 @@ PROMPT_STRATEGIES = ("random-prompt",)
 class ScoreConfig(ModelCallConfig):
     """Settings of ``mipo score``."""
 
-    generations: Path = Field(
+    generations: Location = Field(
         description="Pairs to score: a generations .parquet (from mipo generate) or a preferences .parquet (from mipo export)."
     )
     """A ``generations`` artifact (or a ``preferences`` artifact)."""
-    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output scores .parquet.")
+    out: Annotated[Location, Cli("--out", "-o")] = Field(description="Output scores .parquet.")
     model: str | None = Field(
         None,
         description="Reference model: a name from `mipo models`, a .gguf file, a folder or a Hub id; default: smollm2-135m-instruct.",
@@ -144,6 +147,12 @@ def score_rows(
     )
 
 
+def _score_chunk(
+    model: BackendHandle, chunk: list[dict[str, Any]], *, max_length: int, pmi: bool
+) -> pl.DataFrame:
+    return score_rows(model.get(), chunk, max_length=max_length, pmi=pmi)
+
+
 def _stats(frame: pl.DataFrame, tokens: int, seconds: float) -> dict[str, Any]:
     pmi = frame["pmi_chosen"].drop_nulls()
     return {
@@ -160,6 +169,7 @@ def _stats(frame: pl.DataFrame, tokens: int, seconds: float) -> dict[str, Any]:
 def run_score(config: ScoreConfig, *, backend: Backend | None = None) -> Path:
     """Score the pairs of ``config.generations`` into ``config.out``; return the output path."""
     output = check_output_path(config.out, config.generations)
+    check_engine(config, shared_backend=backend is not None)
     with BackendHandle(config.backend, config.model, _backend_options(config), backend) as model:
         return _score_pairs(config, output, model)
 
@@ -170,20 +180,22 @@ def _score_pairs(config: ScoreConfig, output: Path, model: BackendHandle) -> Pat
     journal = run.journal()
     rows = list(pairs.iter_rows(named=True))
     todo, done = unfinished(journal, rows, "pairs already scored", key=lambda row: row["id"])
-    tokens, started = 0, time.perf_counter()
+    tokens, chunks_run, started = 0, 0, time.perf_counter()
 
-    def score_chunk(chunk: list[dict[str, Any]]) -> pl.DataFrame:
+    def record(chunk: list[dict[str, Any]], frame: pl.DataFrame) -> pl.DataFrame:
         nonlocal tokens
-        frame = score_rows(model.get(), chunk, max_length=config.max_length, pmi=config.pmi)
         tokens += int(frame["chosen_tokens"].sum() + frame["rejected_tokens"].sum())
         return frame
 
     if todo:
-        run_chunks(
+        chunks_run = run_model_chunks(
             todo,
-            score_chunk,
+            partial(_score_chunk, max_length=config.max_length, pmi=config.pmi),
             journal,
-            chunk_size=config.chunk_size,
+            settings=config,
+            local=model,
+            opener=partial(BackendHandle, config.backend, config.model, _backend_options(config)),
+            record=record,
             label="pairs",
             total=pairs.height,
             done=len(done),
@@ -196,5 +208,9 @@ def _score_pairs(config: ScoreConfig, output: Path, model: BackendHandle) -> Pat
         SCORES,
         model=config.model or "default",
         backend=config.backend,
-        stats=_stats(finished, tokens, time.perf_counter() - started),
+        stats={
+            **_stats(finished, tokens, time.perf_counter() - started),
+            "chunks_this_run": chunks_run,
+            "engine": config.engine_settings(),
+        },
     )

@@ -1,0 +1,163 @@
+"""Where an artifact lives: a local path, or an object-store URL (``s3://``, ``gs://``).
+
+URLs are reached through fsspec (``s3fs`` for ``s3://``, ``gcsfs`` for ``gs://``: the
+``[ray]`` extra carries ``s3fs``). Credentials and endpoints come from the environment only
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``,
+``GOOGLE_APPLICATION_CREDENTIALS`` ...); nothing here reads, stores or records them.
+
+An object becomes visible only once its upload completes, so writing the data objects first
+and the manifest object last keeps the "complete when the manifest exists" rule of local
+artifacts. A run's journal parts live beside the output under the same prefix
+(``<out>.parts/part-NNNNNN.parquet``), so a rerun on any machine that can read the bucket
+resumes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+
+from mipo_engine.errors import ConfigError
+
+_URL = re.compile(r"^[a-z][a-z0-9+.\-]*://", re.I)
+_FOLDED_URL = re.compile(r"^(s3|s3a|gs|gcs|az|abfs|abfss):/(?!/)", re.I)
+"""A URL that went through ``pathlib`` (the CLI's path options) lost one slash."""
+
+
+def is_url(value: object) -> bool:
+    """True for an object-store (or any fsspec) URL, as opposed to a local path."""
+    return isinstance(value, str) and bool(_URL.match(value))
+
+
+def as_location(value: Any) -> Any:
+    """A URL stays a string; anything else path-like becomes a ``Path``."""
+    if isinstance(value, (str, Path)):
+        text = str(value)
+        if _FOLDED_URL.match(text):
+            text = _FOLDED_URL.sub(lambda m: f"{m.group(1)}://", text)
+        if is_url(text):
+            return text
+        return Path(value)
+    return value
+
+
+Location = Annotated[Path | str, BeforeValidator(as_location)]
+"""A settings field that takes a local path or an ``s3://``/``gs://`` URL."""
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and the path inside it (no listing cache: parts
+    written by this run must show up in the next listing)."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url, use_listings_cache=False)
+    except ImportError as error:
+        raise ConfigError(
+            f"reading {url} needs an fsspec driver ({error}); install the extra: "
+            "pip install 'mipo-engine[ray]'"
+        ) from None
+
+
+def name(location: str | Path) -> str:
+    return posixpath.basename(location) if is_url(location) else Path(location).name
+
+
+def sibling(location: str | Path, new_name: str) -> str | Path:
+    """The location named ``new_name`` in the same folder (or prefix)."""
+    if is_url(location):
+        return posixpath.join(posixpath.dirname(str(location)), new_name)
+    return Path(location).with_name(new_name)
+
+
+def child(folder: str | Path, child_name: str) -> str | Path:
+    return (
+        f"{str(folder).rstrip('/')}/{child_name}" if is_url(folder) else Path(folder) / child_name
+    )
+
+
+def exists(location: str | Path) -> bool:
+    if not is_url(location):
+        return Path(location).exists()
+    fs, path = filesystem(str(location))
+    return fs.exists(path)
+
+
+def is_file(location: str | Path) -> bool:
+    if not is_url(location):
+        return Path(location).is_file()
+    fs, path = filesystem(str(location))
+    return fs.isfile(path)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """One upload: the object is either absent or complete."""
+    fs, path = filesystem(url)
+    fs.pipe_file(path, data)
+
+
+def remove(url: str) -> None:
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm_file(path)
+
+
+def remove_tree(url: str) -> None:
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def list_names(folder: str, pattern: str) -> list[str]:
+    """Sorted URLs of the objects in ``folder`` whose name matches the glob ``pattern``."""
+    fs, path = filesystem(folder)
+    protocol = folder.split("://", 1)[0]
+    found = fs.glob(posixpath.join(path, pattern))
+    return sorted(f"{protocol}://{item}" for item in found)
+
+
+def frame_bytes(frame: Any) -> bytes:
+    """A polars frame as Parquet bytes (lz4, like local artifacts)."""
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="lz4")
+    return buffer.getvalue()
+
+
+def read_frame(url: str, columns: list[str] | None = None) -> Any:
+    import polars as pl
+
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as handle:
+        return pl.read_parquet(handle, columns=columns)
+
+
+def describe(url: str) -> dict[str, Any]:
+    """Size and content hash of a remote object (for the manifest's inputs)."""
+    data = read_bytes(url)
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def check_writable(url: str, *, key: str) -> None:
+    """A ``ConfigError`` naming ``key`` when the bucket of ``url`` is missing or unreachable."""
+    fs, path = filesystem(url)
+    bucket = path.split("/", 1)[0]
+    try:
+        found = fs.exists(bucket)
+    except Exception as error:  # drivers raise their own types for network and auth errors
+        raise ConfigError(f"cannot reach {url}: {error}", key=key) from None
+    if not found:
+        raise ConfigError(
+            f"bucket {bucket!r} of {url} does not exist (or these credentials cannot see it)",
+            key=key,
+        )
