@@ -461,3 +461,22 @@ def test_missing_paths_and_shared_dir_override(
     monkeypatch.setenv(benchmarks.SHARED_DATA_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="MIPO_SHARED_DATA"):
         shared_data_dir()
+
+
+def test_no_default_mirror_without_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder beside the checkout is never used on its own: only $MIPO_SHARED_DATA names
+    a local mirror, and a benchmark split without it is refused with the variable named."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    monkeypatch.delenv(benchmarks.SHARED_DATA_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match="MIPO_SHARED_DATA"):
+        shared_data_dir()
+    out = tmp_path / "train.parquet"
+    result = CliRunner().invoke(app, ["ingest", "bench:gsm8k:train", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "bench:gsm8k:train" in result.output and "MIPO_SHARED_DATA" in result.output
+    assert not out.exists()

@@ -61,28 +61,23 @@ class BenchmarkFormatError(InputError, ValueError):
 
 
 def shared_data_dir() -> Path:
-    """Folder holding a local copy of the benchmark files in their original layouts.
+    """Folder holding a local copy of the benchmark files in their original layouts:
+    ``$MIPO_SHARED_DATA``.
 
-    ``$MIPO_SHARED_DATA`` when set; otherwise ``<repo root>/../shared/data``, where the repo
-    root is the folder that contains the ``mipo_engine`` package (a source checkout). Only
-    ``$MIPO_SHARED_DATA`` makes it the default evaluation data (``Benchmark.default_path``);
-    the test suite sets it to this folder when present.
+    There is no default folder: without the variable, benchmarks come from the Hub
+    (``Benchmark.default_path``) or from a file given by path. The test suite sets it.
     """
     override = os.environ.get(SHARED_DATA_ENV)
-    if override:
-        folder = Path(override).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"${SHARED_DATA_ENV} points to {folder}, which is not a folder; set it to the "
-                "folder holding gsm8k/, svamp/, arc/ and mmlu/"
-            )
-        return folder
-    repo_root = Path(__file__).resolve().parents[2]
-    folder = repo_root.parent / "shared" / "data"
+    if not override:
+        raise FileNotFoundError(
+            f"no local benchmark mirror: set ${SHARED_DATA_ENV} to the folder holding gsm8k/, "
+            "svamp/, arc/ and mmlu/ in their original layouts, or pass the file itself"
+        )
+    folder = Path(override).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"shared benchmark data not found at {folder}; set ${SHARED_DATA_ENV} to the folder "
-            "holding gsm8k/, svamp/, arc/ and mmlu/, or pass the file path to the loader directly"
+            f"${SHARED_DATA_ENV} points to {folder}, which is not a folder; set it to the "
+            "folder holding gsm8k/, svamp/, arc/ and mmlu/"
         )
     return folder
 
