@@ -131,8 +131,7 @@ def test_generate_suite_prints_batched_and_bound_lines(tmp_path: Path) -> None:
 
 
 def test_scale_suite_prints_worker_ratio_and_ray_overhead(tmp_path: Path) -> None:
-    pytest.importorskip("ray")  # the [ray] extra; the README's install line includes it
-    lines = run_suite("scale", tmp_path)
+    lines = run_suite("scale", tmp_path)  # needs the [ray] extra (in the README's install)
     assert [line["name"] for line in lines] == [
         "scale_ray_2_vs_1_worker",
         "scale_ray_overhead_per_chunk",

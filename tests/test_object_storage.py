@@ -11,15 +11,14 @@ import json
 import logging
 from pathlib import Path
 
+import moto.server as moto_server  # dev extra
 import pytest
+import s3fs  # the [ray] extra; the README's install line includes it
 from typer.testing import CliRunner
 
 from cli import app
 from mipo_engine.artifacts.schemas import GENERATIONS, SCORES
 from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifest
-
-s3fs = pytest.importorskip("s3fs")  # the [ray] extra; the README's install line includes it
-moto_server = pytest.importorskip("moto.server")
 
 runner = CliRunner()
 SECRET = "planted-secret-Qx7v9Lw2"
