@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -119,12 +119,21 @@ def _own_first(config: type[BaseModel]) -> Iterator[str]:
                 yield name
 
 
+def _bare(annotation: Any) -> Any:
+    """The type inside ``Annotated[...]`` (validators and markers are the settings' job)."""
+    return (
+        typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    )
+
+
 def _split_optional(annotation: Any) -> tuple[Any, bool]:
     """(the type without None, whether None is allowed); a local path or URL
     (``Path | str``, ``artifacts.location.Location``) is parsed as a path."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        rest = [arg for arg in args if arg is not type(None)]
+        rest = [_bare(arg) for arg in args if arg is not type(None)]
+        if len(rest) == 1 and typing.get_origin(rest[0]) in (typing.Union, types.UnionType):
+            rest = list(typing.get_args(rest[0]))  # Optional[Location]: Path | str | None
         optional = len(rest) < len(args)
         if set(rest) == {Path, str}:
             return Path, optional

@@ -161,3 +161,135 @@ def test_an_s3_bucket_that_does_not_exist_exits_2_naming_the_option(s3, tiny_mod
     assert missing.exit_code == 2, missing.output
     assert "s3://no-such-bucket/p.parquet" in " ".join(missing.output.split())
     assert not (tmp_path / "g.parquet").exists()
+
+
+def _contexts_and_responses(folder: Path) -> tuple[Path, Path]:
+    """A contexts artifact and a responses artifact whose items all have checkers."""
+    import polars as pl
+
+    from mipo_engine.artifacts.schemas import CONTEXTS, RESPONSES
+
+    items = ["Answer in at most 3 sentences.", 'Do not use the word "basically".']
+    contexts = folder / "contexts.parquet"
+    rows = [
+        {
+            "id": f"s{i}:k{i}",
+            "source_id": f"s{i}",
+            "user_id": "u",
+            "key": f"k{i}",
+            "item": item,
+            "context": " ".join(items),
+            "prompt": "Some request",
+            "source": "test",
+            "attempts": 0,
+        }
+        for i, item in enumerate(items)
+    ]
+    pl.DataFrame(rows, schema=CONTEXTS.polars_schema()).write_parquet(contexts)
+    texts = ["One. Two.", "Basically this. And that. And more. And more.", "Fine answer."]
+    responses = folder / "responses.parquet"
+    rows = [
+        {"id": f"r{i}", "prompt": "Some request", "context_items": items, "response": texts[i % 3]}
+        for i in range(6)
+    ]
+    pl.DataFrame(rows, schema=RESPONSES.polars_schema()).write_parquet(responses)
+    return contexts, responses
+
+
+def test_rubrics_and_judge_read_and_write_s3(s3, tmp_path):
+    """The stages after generation take object-store URLs too: rubrics (checker items, no
+    model) and judge (verify mode) write the rows of a local run, summary included."""
+    from mipo_engine.artifacts.schemas import JUDGMENTS, RUBRICS
+
+    contexts, responses = _contexts_and_responses(tmp_path)
+    s3.put(str(contexts), "mipo-test/judge/contexts.parquet")
+    s3.put(str(responses), "mipo-test/judge/responses.parquet")
+    base = "s3://mipo-test/judge"
+    for where, into in ((str(tmp_path), tmp_path / "local"), (base, base + "/out")):
+        result = runner.invoke(
+            app, ["rubrics", "--contexts", f"{where}/contexts.parquet", "-o", f"{into}/r.parquet"]
+        )
+        assert result.exit_code == 0, result.output
+        args = ["judge", "--responses", f"{where}/responses.parquet", "--mode", "verify"]
+        result = runner.invoke(app, [*args, "-o", f"{into}/j.parquet"])
+        assert result.exit_code == 0, result.output
+    local, remote = tmp_path / "local", f"{base}/out"
+    assert read_artifact(f"{remote}/r.parquet", RUBRICS).equals(
+        read_artifact(local / "r.parquet", RUBRICS)
+    )
+    judged = read_artifact(f"{remote}/j.parquet", JUDGMENTS)
+    assert judged.height == 12 and judged.equals(read_artifact(local / "j.parquet", JUDGMENTS))
+    summary = json.loads(s3.cat_file("mipo-test/judge/out/j.summary.json"))
+    assert summary == json.loads((local / "j.summary.json").read_text())
+    assert is_complete(f"{remote}/j.parquet") and is_complete(f"{remote}/r.parquet")
+    for name, data in _written(s3, tmp_path).items():
+        assert SECRET.encode() not in data and KEY_ID.encode() not in data, name
+
+
+def test_eval_writes_its_results_and_summary_to_s3(s3, tmp_path):
+    """``mipo eval --out s3://...`` (IFEval responses scored, no model): the rows and the
+    summary of a local run, and ``--compare`` reads the remote output."""
+    from mipo_engine.artifacts.schemas import EVAL
+    from mipo_engine.sources.ifeval import load_ifeval
+
+    prompts = [row["prompt"] for row in load_ifeval()[:3]]
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text(
+        "".join(json.dumps({"prompt": p, "response": "A short answer."}) + "\n" for p in prompts)
+    )
+    local, remote = tmp_path / "e.parquet", "s3://mipo-test/eval/e.parquet"
+    for out in (str(local), remote):
+        args = ["eval", "--task", "ifeval", "--responses", str(responses), "-o", out]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert is_complete(remote)
+    assert read_artifact(remote, EVAL).equals(read_artifact(local, EVAL))
+    summary = json.loads(s3.cat_file("mipo-test/eval/e.summary.json"))
+    expected = json.loads((tmp_path / "e.summary.json").read_text())
+    assert summary["items"] == 3 and summary.pop("seconds_this_run") >= 0
+    expected.pop("seconds_this_run")
+    assert summary == expected
+    result = runner.invoke(app, ["eval", "--compare", str(local), remote])
+    assert result.exit_code == 0, result.output
+
+
+def test_contexts_write_their_artifacts_to_s3(s3, tmp_path):
+    """``mipo contexts`` with ``--out`` and ``--as-prompts`` on object storage (preference
+    files stay local): the rows of a local run."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from scripted_backend import ScriptedBackend
+
+    from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS
+    from mipo_engine.stages.contexts import ContextsConfig, run_contexts
+
+    reply = '{"response_length": "Keep replies short.", "tone": "Use a warm tone."}'
+    rows = [
+        {
+            "id": f"row-{i}",
+            "prompt": f"Question {i}?",
+            "response_a": "Long answer.",
+            "response_b": "Short.",
+            "preferred": "B",
+        }
+        for i in range(3)
+    ]
+    preferences = tmp_path / "prefs.jsonl"
+    preferences.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for where in (str(tmp_path / "local"), "s3://mipo-test/contexts"):
+        config = ContextsConfig.from_options(
+            preferences=preferences,
+            out=f"{where}/c.parquet",
+            as_prompts=f"{where}/p.parquet",
+            chunk_rows=2,
+        )
+        run_contexts(config, backend=ScriptedBackend(lambda text, call: reply))
+    remote = "s3://mipo-test/contexts"
+    local = str(tmp_path / "local")
+    assert is_complete(f"{remote}/c.parquet") and is_complete(f"{remote}/p.parquet")
+    assert read_artifact(f"{remote}/c.parquet", CONTEXTS).equals(
+        read_artifact(f"{local}/c.parquet", CONTEXTS)
+    )
+    prompts = read_artifact(f"{remote}/p.parquet", PROMPTS)
+    assert prompts.equals(read_artifact(f"{local}/p.parquet", PROMPTS)) and prompts.height == 3

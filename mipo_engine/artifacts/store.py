@@ -67,8 +67,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    if location.is_url(path):
+        location.write_bytes(str(path), text.encode("utf-8"))  # one upload: all or nothing
+        return
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> None:

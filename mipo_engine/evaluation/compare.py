@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 from rich.table import Table
 
+from mipo_engine.artifacts import location
 from mipo_engine.artifacts.schemas import EVAL
 from mipo_engine.artifacts.store import read_artifact, read_manifest, write_json_atomic
 from mipo_engine.errors import ConfigError, InputError
@@ -26,7 +27,7 @@ from mipo_engine.evaluation.tasks import get_task
 
 def load_eval(path: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Rows of an eval artifact and its manifest; InputError if it is not one."""
-    path = Path(path)
+    path = location.as_location(path)
     frame = read_artifact(path, EVAL)
     if frame.height == 0:
         raise InputError("eval output has no rows", file=path)

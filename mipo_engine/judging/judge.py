@@ -23,6 +23,7 @@ from typing import Any
 
 import polars as pl
 
+from mipo_engine.artifacts import location
 from mipo_engine.artifacts.run import StageRun, check_output_path
 from mipo_engine.artifacts.schemas import JUDGMENTS
 from mipo_engine.artifacts.store import write_json_atomic
@@ -201,7 +202,7 @@ def judge_responses(
     inputs = {"responses": responses, "rubrics": rubrics, "reference": reference}
     check_engine(settings, shared_backend=backend is not None)
     run = StageRun("judge", output, identity, inputs)
-    if run.up_to_date() and summary_path(output).is_file():
+    if run.up_to_date() and location.is_file(summary_path(output)):
         console.print(f"{output} is up to date.")
         return output
     known = load_rubrics(rubrics) if rubrics is not None else {}

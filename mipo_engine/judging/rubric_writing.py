@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 
+from mipo_engine.artifacts import location
 from mipo_engine.artifacts.run import StageRun, check_output_path
 from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS, RUBRIC_FIELDS, RUBRICS
 from mipo_engine.artifacts.store import parquet_columns, read_artifact
@@ -60,9 +61,9 @@ class RubricsFailed(MipoError):
 # --------------------------------------------------------------------------------------------
 
 
-def read_preference_items(path: Path) -> list[str]:
+def read_preference_items(path: str | Path) -> list[str]:
     """Distinct preference items of a contexts or prompts artifact, in first-seen order."""
-    path = Path(path)
+    path = location.as_location(path)
     columns = parquet_columns(path)
     if "item" in columns:
         items = read_artifact(path, CONTEXTS)["item"].to_list()

@@ -15,14 +15,15 @@ from typing import Any
 
 import polars as pl
 
+from mipo_engine.artifacts import location
 from mipo_engine.judging.scores import critic_accuracy, win_rate
 from mipo_engine.modelcalls.running import console
 
 
-def summary_path(output: Path) -> Path:
-    """``<out>.summary.json`` beside the judgments artifact."""
-    output = Path(output)
-    return output.with_name(output.stem + ".summary.json")
+def summary_path(output: str | Path) -> str | Path:
+    """``<out>.summary.json`` beside the judgments artifact (a path, or a URL's sibling)."""
+    stem = location.name(output).removesuffix(".parquet")
+    return location.sibling(output, stem + ".summary.json")
 
 
 AGREEMENT_THRESHOLD = 4.0

@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from mipo_engine.artifacts import location
 from mipo_engine.artifacts.schemas import (
     GENERATIONS,
     RESPONSES,
@@ -151,7 +152,7 @@ def read_targets(
     ``reference`` (responses only): a file of reference responses by id, each judged too;
     ``limit``: judge only the first N input rows.
     """
-    path = Path(responses)
+    path = location.as_location(responses)
     columns = list(parquet_columns(path))
     if "chosen" in columns and "rejected" in columns:
         if reference is not None:

@@ -33,6 +33,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
+from mipo_engine.artifacts.location import Location
 from mipo_engine.artifacts.run import StageRun, check_output_path
 from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS
 from mipo_engine.artifacts.store import is_complete, read_artifact
@@ -73,7 +74,7 @@ class ContextsConfig(AskingConfig):
         description="Users' choices (PRISM utterances, Community Alignment, or a pairwise file with prompt, option_a/option_b..., preferred) or, with --mode system-to-user, Multifaceted-Bench records. JSONL, JSON, CSV or Parquet."
     )
     """Users' choices (PRISM, Community Alignment or pairwise layout) or system messages."""
-    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output contexts .parquet.")
+    out: Annotated[Location, Cli("--out", "-o")] = Field(description="Output contexts .parquet.")
     mode: Literal["preferences", "system-to-user"] = Field(
         "preferences",
         description="preferences: infer each user's general preferences as JSON from their choice; system-to-user: rewrite system-message preferences as first-person statements.",
@@ -98,7 +99,7 @@ class ContextsConfig(AskingConfig):
         None, ge=1, le=4, description="Conversation turn to read, 1 = first (CA, PRISM)."
     )
     limit: int | None = Field(None, ge=1, description="Use only the first N source rows.")
-    as_prompts: Path | None = Field(
+    as_prompts: Location | None = Field(
         None,
         description="Also write a prompts .parquet (one row per source row, with context and context_items) to pass to mipo generate.",
     )
@@ -117,7 +118,7 @@ class ContextsConfig(AskingConfig):
             raise ValueError(
                 "layout 'multifaceted' holds system messages; use mode 'system-to-user'"
             )
-        if self.as_prompts is not None and self.as_prompts.suffix != ".parquet":
+        if self.as_prompts is not None and not str(self.as_prompts).endswith(".parquet"):
             raise ValueError(f"as_prompts must be a .parquet file, got {self.as_prompts}")
         return self
 

@@ -28,7 +28,9 @@ import polars as pl
 from pydantic import BaseModel, Field, field_validator, model_validator
 from rich.console import Console
 
+from mipo_engine.artifacts import location
 from mipo_engine.artifacts.journal import RowJournal
+from mipo_engine.artifacts.location import Location
 from mipo_engine.artifacts.manifest import fingerprint
 from mipo_engine.artifacts.run import StageRun, check_output_path, derive_seed
 from mipo_engine.artifacts.schemas import EVAL
@@ -102,7 +104,7 @@ class EvalConfig(ModelCallConfig):
     )
     """One of ``EVAL_TASKS``: gsm8k, svamp, mmlu, arc_easy, arc_challenge, personalization,
     ifeval."""
-    out: Annotated[Path, Cli("--out", "-o")] = Field(
+    out: Annotated[Location, Cli("--out", "-o")] = Field(
         description="Per-item results .parquet (summary JSON written beside it); with --compare, an optional .md or .json file for the table."
     )
     model: str | None = Field(
@@ -146,7 +148,7 @@ class EvalConfig(ModelCallConfig):
         32, ge=1, description="Responses per saved chunk: the unit of resume after a crash."
     )
     """Responses per saved chunk: the unit of resume after a crash."""
-    reference: Path | None = Field(
+    reference: Location | None = Field(
         None,
         description="A previous personalization eval output: judge both and report the win rate (ties count as wins) against its responses.",
     )
@@ -164,7 +166,7 @@ class EvalConfig(ModelCallConfig):
     judge_base_url: str | None = Field(
         None, description="OpenAI-compatible judge server URL; key from OPENAI_API_KEY."
     )
-    rubrics: Path | None = Field(
+    rubrics: Location | None = Field(
         None,
         description="Rubrics artifact (mipo rubrics) for rubric mode; made with the judge if absent.",
     )
@@ -520,7 +522,7 @@ def _check_paths(config: EvalConfig) -> Path:
         raise ConfigError(f"adapter folder {config.adapter} does not exist", key="adapter")
     if config.responses is not None and not config.responses.is_file():
         raise ConfigError(f"responses file {config.responses} does not exist", key="responses")
-    if config.rubrics is not None and not config.rubrics.is_file():
+    if config.rubrics is not None and not location.is_file(config.rubrics):
         raise ConfigError(f"rubrics file {config.rubrics} does not exist", key="rubrics")
     if config.reference is not None and not is_complete(config.reference):
         raise ConfigError(

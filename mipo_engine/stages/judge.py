@@ -45,6 +45,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from mipo_engine.artifacts.location import Location
 from mipo_engine.backends.base import Backend
 from mipo_engine.commandline import Cli
 from mipo_engine.judging.judge import judge_responses
@@ -54,15 +55,15 @@ Mode = Literal["rubric", "rlaif", "verify"]
 
 
 class JudgeConfig(AskingConfig):
-    responses: Path = Field(
+    responses: Location = Field(
         description="Generations .parquet (chosen and rejected are judged) or responses .parquet (id, prompt, context and/or context_items, response, optional task)."
     )
     """A generations artifact or a responses artifact."""
-    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output judgments .parquet.")
-    rubrics: Path | None = Field(
+    out: Annotated[Location, Cli("--out", "-o")] = Field(description="Output judgments .parquet.")
+    rubrics: Location | None = Field(
         None, description="Rubrics .parquet from mipo rubrics (mode rubric)."
     )
-    reference: Path | None = Field(
+    reference: Location | None = Field(
         None,
         description="Reference responses .parquet (id, response): reports the win rate of the responses over them, ties counted as wins.",
     )

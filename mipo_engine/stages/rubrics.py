@@ -22,6 +22,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field
 
+from mipo_engine.artifacts.location import Location
 from mipo_engine.backends.base import Backend
 from mipo_engine.commandline import Cli
 from mipo_engine.judging.rubric_writing import MAX_NEW_TOKENS, write_rubrics
@@ -33,11 +34,11 @@ from mipo_engine.modelcalls.settings import AskingConfig
 
 
 class RubricsConfig(AskingConfig):
-    contexts: Path = Field(
+    contexts: Location = Field(
         description="Contexts .parquet (from mipo contexts) or prompts .parquet with context_items."
     )
     """A contexts artifact (``item`` column) or a prompts artifact (``context_items``)."""
-    out: Annotated[Path, Cli("--out", "-o")] = Field(description="Output rubrics .parquet.")
+    out: Annotated[Location, Cli("--out", "-o")] = Field(description="Output rubrics .parquet.")
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="Maximum new tokens per rubric.")
     limit: int | None = Field(None, ge=1, description="Use only the first N distinct items.")
 
