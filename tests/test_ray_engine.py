@@ -23,11 +23,21 @@ import ray  # the [ray] extra; the README's install line includes it
 from typer.testing import CliRunner
 
 from cli import app
-from mipo_engine.artifacts.schemas import GENERATIONS, JUDGMENTS, RESPONSES, SCORES
+from mipo_engine.artifacts.schemas import (
+    EVAL,
+    GENERATIONS,
+    JUDGMENTS,
+    PROMPTS,
+    RESPONSES,
+    RUBRICS,
+    SCORES,
+)
 from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifest
+from mipo_engine.stages.eval import EvalConfig, run_eval
 from mipo_engine.stages.generate import GenerateConfig, run_generate
 from mipo_engine.stages.judge import JudgeConfig, run_judge
 from mipo_engine.stages.revise import ReviseConfig, run_revise
+from mipo_engine.stages.rubrics import RubricsConfig, run_rubrics
 from mipo_engine.stages.score import ScoreConfig, run_score
 
 # A loaded 2-core machine can take more than Ray's default minute to register its node.
@@ -326,3 +336,56 @@ def test_bad_engine_settings_exit_2_naming_the_option_and_write_nothing(
         assert result.exit_code == 2, (extra, result.output)
         assert f"'{option}'" in " ".join(result.output.split()), (extra, result.output)
         assert list(tmp_path.iterdir()) == [], extra
+
+
+def test_eval_on_two_ray_workers_writes_the_local_rows(local_ray, tiny_model_dir, tmp_path):
+    """``mipo eval`` (IFEval, 6 prompts, sampled) on two actors: the rows of a local run."""
+
+    def config(out: Path, **engine: object) -> EvalConfig:
+        return EvalConfig.from_options(  # type: ignore[return-value]
+            task="ifeval",
+            out=out,
+            model=str(tiny_model_dir),
+            limit=6,
+            max_new_tokens=4,
+            temperature=1.0,
+            chunk_items=2,
+            **engine,
+        )
+
+    local = read_artifact(run_eval(config(tmp_path / "local.parquet")), EVAL)
+    out = run_eval(config(tmp_path / "ray.parquet", engine="ray", workers=2))
+    assert local.height == 6
+    assert read_artifact(out, EVAL).equals(local)
+
+
+def test_rubrics_on_two_ray_workers_write_the_local_rows(local_ray, tmp_path):
+    """``mipo rubrics`` over items that all have checkers (no model call) on two actors."""
+    items = [
+        "Answer in at most 3 sentences.",
+        'Do not use the word "basically".',
+        "Use exactly 2 bullet points.",
+    ]
+    prompts = tmp_path / "prompts.parquet"
+    rows = [
+        {
+            "id": f"p{i}",
+            "prompt": "Some request",
+            "context": " ".join(items),
+            "context_items": items,
+            "task": "personalization",
+            "source": "test",
+        }
+        for i in range(2)
+    ]
+    pl.DataFrame(rows, schema=PROMPTS.polars_schema()).write_parquet(prompts)
+
+    def config(out: Path, **engine: object) -> RubricsConfig:
+        return RubricsConfig.from_options(  # type: ignore[return-value]
+            contexts=prompts, out=out, chunk_items=1, **engine
+        )
+
+    local = read_artifact(run_rubrics(config(tmp_path / "local.parquet")), RUBRICS)
+    out = run_rubrics(config(tmp_path / "ray.parquet", engine="ray", workers=2))
+    assert local.height == 3 and local["checker"].null_count() == 0
+    assert read_artifact(out, RUBRICS).equals(local)
