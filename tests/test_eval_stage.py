@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mipo_engine.artifacts.schemas import EVAL
-from mipo_engine.artifacts.store import is_complete, read_artifact, write_artifact
+from mipo_engine.artifacts.store import is_complete, read_artifact, summary_path, write_artifact
 from mipo_engine.errors import ConfigError, InputError
 from mipo_engine.evaluation.compare import (
     compare_evals,
@@ -25,7 +25,6 @@ from mipo_engine.evaluation.compare import (
     write_comparison,
 )
 from mipo_engine.evaluation.ifeval import verify
-from mipo_engine.evaluation.results import summary_path
 from mipo_engine.evaluation.stats import bootstrap_ci
 from mipo_engine.evaluation.tasks import answer_prefix, letter_continuations
 from mipo_engine.judging.constraints import check_constraint, is_verifiable

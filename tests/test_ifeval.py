@@ -15,11 +15,10 @@ import polars as pl
 import pytest
 
 from mipo_engine.artifacts.schemas import EVAL
-from mipo_engine.artifacts.store import is_complete, read_artifact
+from mipo_engine.artifacts.store import is_complete, read_artifact, summary_path
 from mipo_engine.errors import InputError
 from mipo_engine.evaluation.ifeval import metric_values, per_instruction_type, verify
 from mipo_engine.evaluation.punkt_data import install_punkt
-from mipo_engine.evaluation.results import summary_path
 from mipo_engine.sources.ifeval import load_ifeval, read_responses
 from mipo_engine.stages.eval import EvalConfig, run_eval
 

@@ -29,10 +29,10 @@ from cli import app
 from mipo_engine.artifacts.run import derive_seed
 from mipo_engine.artifacts.schemas import CONTEXTS as CONTEXTS_SCHEMA
 from mipo_engine.artifacts.schemas import GENERATIONS, JUDGMENTS, RESPONSES, RUBRIC_FIELDS, RUBRICS
-from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifest
+from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifest, summary_path
 from mipo_engine.errors import ConfigError
 from mipo_engine.judging.rubric_writing import rubric_id
-from mipo_engine.judging.summary import aggregate_judgments, summary_path
+from mipo_engine.judging.summary import aggregate_judgments
 from mipo_engine.judging.targets import context_items
 from mipo_engine.stages.judge import JudgeConfig, run_judge
 from tests.helpers.vllm_server import vllm_server  # noqa: F401 (fixture)

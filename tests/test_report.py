@@ -32,10 +32,10 @@ from typer.testing import CliRunner
 
 from mipo_engine.artifacts.run import StageRun
 from mipo_engine.artifacts.schemas import EVAL
-from mipo_engine.artifacts.store import write_json_atomic
+from mipo_engine.artifacts.store import summary_path, write_json_atomic
 from mipo_engine.backends.base import ScoreResult
 from mipo_engine.errors import ConfigError, InputError
-from mipo_engine.evaluation.results import summarize, summary_path
+from mipo_engine.evaluation.results import summarize
 from mipo_engine.report import REPORT_FILE, collect_run, write_report
 from mipo_engine.report import collect as collect_module
 from mipo_engine.report.collect import read_metrics_records

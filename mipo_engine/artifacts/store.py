@@ -27,13 +27,21 @@ from mipo_engine.artifacts.schemas import ArtifactSchema, validate_frame
 from mipo_engine.errors import InputError
 
 
-def manifest_path(path: str | Path) -> Path:
+def _beside(path: str | Path, suffix: str) -> Path:
+    """``X.parquet`` -> ``X<suffix>`` in the same folder, or under the same URL prefix."""
     if location.is_url(path):
-        return location.sibling(
-            path, location.name(path).removesuffix(".parquet") + ".manifest.json"
-        )  # type: ignore[return-value]
+        return location.sibling(path, location.name(path).removesuffix(".parquet") + suffix)  # type: ignore[return-value]
     path = Path(path)
-    return path.with_name(path.stem + ".manifest.json")
+    return path.with_name(path.stem + suffix)
+
+
+def manifest_path(path: str | Path) -> Path:
+    return _beside(path, ".manifest.json")
+
+
+def summary_path(path: str | Path) -> Path:
+    """``<out>.summary.json`` beside a judgments or eval artifact."""
+    return _beside(path, ".summary.json")
 
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:

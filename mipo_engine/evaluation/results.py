@@ -14,24 +14,15 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from mipo_engine.artifacts import location
 from mipo_engine.evaluation.copying import RESTATE_THRESHOLD
 from mipo_engine.evaluation.personalization import diversity
 from mipo_engine.evaluation.stats import bootstrap_ci
 
 _STR, _I64, _F64, _BOOL = pl.String(), pl.Int64(), pl.Float64(), pl.Boolean()
-
-
-def summary_path(output: str | Path) -> str | Path:
-    """Where the summary JSON of an eval artifact lives: ``E.parquet`` -> ``E.summary.json``
-    (beside it on disk, or under the same prefix on object storage)."""
-    stem = location.name(output).removesuffix(".parquet")
-    return location.sibling(output, stem + ".summary.json")
 
 
 def interval(values: Sequence[float], *, seed: int = 0) -> dict[str, float | int] | None:

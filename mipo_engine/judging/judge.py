@@ -26,14 +26,14 @@ import polars as pl
 from mipo_engine.artifacts import location
 from mipo_engine.artifacts.run import StageRun, check_output_path
 from mipo_engine.artifacts.schemas import JUDGMENTS
-from mipo_engine.artifacts.store import write_json_atomic
+from mipo_engine.artifacts.store import summary_path, write_json_atomic
 from mipo_engine.backends.base import Backend
 from mipo_engine.chat import Message
 from mipo_engine.errors import InputError
 from mipo_engine.judging.constraints import check_constraint
 from mipo_engine.judging.rubric_sets import load_rubrics
 from mipo_engine.judging.scores import parse_score
-from mipo_engine.judging.summary import print_summary, summarize, summary_path
+from mipo_engine.judging.summary import print_summary, summarize
 from mipo_engine.judging.targets import Judgment, plan_judgments, read_targets
 from mipo_engine.modelcalls.asking import Query, ask_with_retries
 from mipo_engine.modelcalls.running import (

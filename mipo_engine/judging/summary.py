@@ -10,21 +10,12 @@ known chosen responses above rejected ones (Table 6). ``mipo export`` (judge mar
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from mipo_engine.artifacts import location
 from mipo_engine.judging.scores import critic_accuracy, win_rate
 from mipo_engine.modelcalls.running import console
-
-
-def summary_path(output: str | Path) -> str | Path:
-    """``<out>.summary.json`` beside the judgments artifact (a path, or a URL's sibling)."""
-    stem = location.name(output).removesuffix(".parquet")
-    return location.sibling(output, stem + ".summary.json")
-
 
 AGREEMENT_THRESHOLD = 4.0
 """A judge score at or above this counts as "adheres" when compared with the checker."""

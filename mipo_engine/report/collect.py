@@ -25,6 +25,7 @@ from mipo_engine.artifacts.lineage import names_file, recorded_places
 from mipo_engine.artifacts.manifest import redact
 from mipo_engine.artifacts.metrics_log import METRICS_FILE, read_metrics
 from mipo_engine.artifacts.schemas import GENERATIONS, SCORES
+from mipo_engine.artifacts.store import summary_path
 from mipo_engine.errors import MipoError
 from mipo_engine.report.data import (
     Artifact,
@@ -395,11 +396,7 @@ def _baseline_first(artifact: Artifact) -> tuple[int, int, str]:
 
 
 def _summary_of(artifact: Artifact, problems: list[str]) -> dict[str, Any]:
-    summary_file = (
-        artifact.data_file.with_name(artifact.data_file.stem + ".summary.json")
-        if artifact.data_file
-        else None
-    )
+    summary_file = summary_path(artifact.data_file) if artifact.data_file else None
     if summary_file is not None and summary_file.is_file():
         summary = _read_json(summary_file, problems)
         if isinstance(summary, dict):

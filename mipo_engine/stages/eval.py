@@ -34,7 +34,7 @@ from mipo_engine.artifacts.location import Location
 from mipo_engine.artifacts.manifest import fingerprint
 from mipo_engine.artifacts.run import StageRun, check_output_path, derive_seed
 from mipo_engine.artifacts.schemas import EVAL
-from mipo_engine.artifacts.store import is_complete, write_json_atomic
+from mipo_engine.artifacts.store import is_complete, summary_path, write_json_atomic
 from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig
 from mipo_engine.backends.registry import (
     BackendChoice,
@@ -55,7 +55,7 @@ from mipo_engine.evaluation.raw import (
     continuation_logprobs,
     with_bos,
 )
-from mipo_engine.evaluation.results import summarize, summary_path
+from mipo_engine.evaluation.results import summarize
 from mipo_engine.evaluation.stats import answer_entropy, letter_probabilities
 from mipo_engine.evaluation.tasks import (
     EVAL_TASKS,
