@@ -3,9 +3,14 @@
 decoding), for one batch.
 
     python benchmarks/profile_generate.py [--model M] [--prompts 32] [--tokens 32]
-                                          [--dtype auto|float32|bfloat16]
+                                          [--dtype auto|float32|bfloat16] [--ops 12]
 
-Prints one JSON object: seconds in each part, their shares, and new tokens per second.
+Prints one JSON object: seconds in each part, their shares, and new tokens per second. With
+``--ops N`` it also profiles a second, identical batch with ``torch.profiler`` (the N
+operators with the most self time, and their shares), and measures the matrix-product rate
+at the shapes a decoding step multiplies (``prompts`` rows times each linear layer's weight)
+against the 1024-cubed rate that ``bound_tokens_per_s`` in ``benchmarks/run.py`` assumes:
+their ratio is the share of that bound a decoding step can reach at this batch size.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--dtype", default="auto", help="generation dtype (auto: the default)")
+    parser.add_argument("--ops", type=int, default=0, help="also list the N costliest operators")
     args = parser.parse_args(argv)
 
     from benchmarks.pairs import chat_requests
@@ -73,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
     tokens = sum(c.num_tokens for c in completions)
     other = total - spent["forward"] - spent["sampler"]
+    extra: dict[str, Any] = {}
+    if args.ops:
+        extra["ops"] = _costliest_ops(backend, requests, sampling, args.ops)
+        extra["decode_gemm"] = _decode_gemm(model, backend.generation_dtype, args.prompts)
     print(
         json.dumps(
             {
@@ -87,10 +97,82 @@ def main(argv: list[str] | None = None) -> int:
                 "forward_share": round(spent["forward"] / total, 3),
                 "sampler_share": round(spent["sampler"] / total, 3),
                 "new_tokens_per_s": round(tokens / total, 2),
+                **extra,
             }
         )
     )
     return 0
+
+
+def _costliest_ops(backend: Any, requests: list[Any], sampling: Any, count: int) -> list[Any]:
+    """The ``count`` operators with the most self CPU time over one generate call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        backend.generate(requests, sampling)
+    events = profiler.key_averages()
+    total = sum(event.self_cpu_time_total for event in events) or 1.0
+    costliest = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)
+    return [
+        {
+            "op": event.key,
+            "share": round(event.self_cpu_time_total / total, 3),
+            "calls": event.count,
+            "ms_per_call": round(event.self_cpu_time_total / event.count / 1000, 4),
+        }
+        for event in costliest[:count]
+    ]
+
+
+def _decode_gemm(model: Any, dtype: Any, rows: int, reps: int = 20) -> dict[str, Any]:
+    """The rate of ``rows`` x K times K x N products for every linear layer's (K, N), in
+    ``dtype``, weighted by how many FLOPs each shape carries per decoding step, against the
+    1024-cubed rate (``benchmarks.workers.gemm_flops_per_s``)."""
+    import torch
+
+    from benchmarks.workers import gemm_flops_per_s
+
+    counts: dict[tuple[int, int], int] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            shape = (module.in_features, module.out_features)
+            counts[shape] = counts.get(shape, 0) + 1
+    head = model.get_output_embeddings()
+    if head is not None and not isinstance(head, torch.nn.Linear):
+        shape = (head.weight.shape[1], head.weight.shape[0])
+        counts[shape] = counts.get(shape, 0) + 1
+    flops = seconds = 0.0
+    shapes = []
+    for (k, n), count in sorted(counts.items()):
+        x = torch.randn(rows, k).to(dtype)
+        w = torch.randn(n, k).to(dtype)
+        torch.nn.functional.linear(x, w)
+        best = float("inf")
+        for _ in range(reps):
+            begin = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            best = min(best, time.perf_counter() - begin)
+        shape_flops = 2.0 * rows * k * n * count
+        flops += shape_flops
+        seconds += best * count
+        shapes.append(
+            {
+                "k": k,
+                "n": n,
+                "layers": count,
+                "gflops_per_s": round(2 * rows * k * n / best / 1e9, 1),
+            }
+        )
+    cube = gemm_flops_per_s(dtype, "cpu")
+    return {
+        "rows": rows,
+        "dtype": str(dtype).removeprefix("torch."),
+        "shapes": shapes,
+        "linear_seconds_per_step": round(seconds, 5),
+        "decode_gflops_per_s": round(flops / seconds / 1e9, 1),
+        "cube_gflops_per_s": round(cube / 1e9, 1),
+        "share_of_cube_rate": round(flops / seconds / cube, 3),
+    }
 
 
 if __name__ == "__main__":

@@ -308,6 +308,7 @@ def suite_train(context: Context) -> None:
         throughput["trl_precomputed"],
         higher_is_better=True,
         settings={**precomputed, "timed": "steps after the first"},
+        extra=_utilization_fields(context, throughput["ours"], throughput["trl_precomputed"]),
     )
     context.record(
         "train_memory_vs_trl_precomputed",
@@ -378,13 +379,16 @@ def suite_train_long(context: Context) -> None:
         higher_is_better=False,
         settings=settings,
     )
+    ours = _step_throughput(runs["ours"], tokens_per_step)
+    baseline = _step_throughput(runs["trl_precomputed"], tokens_per_step)
     context.record(
         "train_throughput_long",
         "tokens/s",
-        _step_throughput(runs["ours"], tokens_per_step),
-        _step_throughput(runs["trl_precomputed"], tokens_per_step),
+        ours,
+        baseline,
         higher_is_better=True,
         settings={**settings, "timed": "steps after the first"},
+        extra=_utilization_fields(context, ours, baseline),
     )
 
 
@@ -404,6 +408,29 @@ def log_memory_profile(impl: str, results: list[dict[str, Any]]) -> None:
         f"{held:.0f} MiB, peak {peak:.0f} MiB (transient {peak - held:.0f} MiB); "
         f"policy weights {weights:.0f} MiB fp32, trainable {median('trainable'):.0f}"
     )
+
+
+def _utilization_fields(context: Context, ours: float, baseline: float) -> dict[str, Any]:
+    """Model FLOPs utilization of a training step on both sides: tokens/s times the model's
+    training FLOPs per token (three times the forward's: forward, then the backward's two
+    products per weight), over the float32 matrix-product rate measured on this machine
+    (``gemm_flops_per_s``). Attention over the sequence is left out, and the output head is
+    counted for every token whether a side computes it there or not, so this is the usual
+    "model FLOPs" convention: it says how much of the machine's rate each side turns into
+    training, and bounds the ratio one side can reach against the other."""
+    import torch
+
+    from benchmarks.workers import flops_per_token, gemm_flops_per_s
+
+    device = "cuda" if context.device == "cuda" else "cpu"
+    gemm = gemm_flops_per_s(torch.float32, device)
+    per_token = 3 * flops_per_token(context.model)
+    return {
+        "train_flops_per_token": float(f"{per_token:.4g}"),
+        "gemm_flops_per_s_float32": float(f"{gemm:.4g}"),
+        "mfu_ours": round(ours * per_token / gemm, 4),
+        "mfu_baseline": round(baseline * per_token / gemm, 4),
+    }
 
 
 def _bound_fields(ours: float, bound: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,13 @@ import pytest
 # Keep test runs quiet and offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every Ray instance a test starts (in this process or in the processes it launches) binds the
+# loopback address: Ray's single-machine mode, which it otherwise keeps for macOS and Windows
+# (on Linux it binds the machine's network address). Read when Ray is first imported.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# gcsfs probes each bucket's type over gRPC with TLS, which a local Cloud Storage emulator does
+# not speak (a minute's timeout per probe); the plain JSON API is what the tests exercise.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

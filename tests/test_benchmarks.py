@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.pairs import PairShape, make_pairs, pair_tokens
 from mipo_engine.testing import make_tiny_tokenizer
@@ -49,10 +50,11 @@ def run_suite(suite: str, tmp_path: Path) -> list[dict]:
 
 
 BOUND_KEYS = {"bound_tokens_per_s", "bound_fraction"}
+MFU_KEYS = {"train_flops_per_token", "gemm_flops_per_s_float32", "mfu_ours", "mfu_baseline"}
 
 
 def check_line(line: dict) -> None:
-    assert set(line) - BOUND_KEYS == KEYS
+    assert set(line) - BOUND_KEYS - MFU_KEYS == KEYS
     assert line["device"] == "cpu" and line["model"] == "tiny-random-llama"
     assert line["ours"] > 0 and line["baseline"] > 0
     higher_is_better = line["metric"].endswith("/s")
@@ -89,6 +91,18 @@ def test_train_suite_prints_like_for_like_then_end_to_end_lines(tmp_path: Path) 
     # Ours includes the scoring time: more than the scoring alone.
     assert end_to_end["ours"] > end_to_end["settings"]["score_seconds"] > 0
     assert end_to_end["settings"]["steps_per_process"] == 4  # 8 pairs, 2 per step
+    check_utilization(by_name["train_vs_trl_precomputed"])
+
+
+def check_utilization(line: dict) -> None:
+    """MFU = tokens/s x training FLOPs per token / the float32 GEMM rate, on both sides."""
+    assert set(line) & MFU_KEYS == MFU_KEYS
+    rate, per_token = line["gemm_flops_per_s_float32"], line["train_flops_per_token"]
+    assert rate > 1e8 and per_token > 0
+    assert line["mfu_ours"] == pytest.approx(line["ours"] * per_token / rate, rel=1e-2, abs=1e-4)
+    assert line["mfu_baseline"] == pytest.approx(
+        line["baseline"] * per_token / rate, rel=1e-2, abs=1e-4
+    )
 
 
 def test_train_long_suite_prints_memory_and_throughput(tmp_path: Path) -> None:
@@ -97,6 +111,7 @@ def test_train_long_suite_prints_memory_and_throughput(tmp_path: Path) -> None:
     for line in lines:
         check_line(line)
         assert "precompute_ref_log_probs" in line["settings"]["baseline"]
+    check_utilization(lines[1])
 
 
 def test_score_suite_prints_its_line(tmp_path: Path) -> None:
@@ -189,6 +204,8 @@ def test_generation_profile_splits_the_time(tiny_model_dir: Path) -> None:
             "3",
             "--tokens",
             "4",
+            "--ops",
+            "5",
         ],
         capture_output=True,
         text=True,
@@ -200,3 +217,14 @@ def test_generation_profile_splits_the_time(tiny_model_dir: Path) -> None:
     parts = profile["forward_seconds"] + profile["sampler_seconds"] + profile["other_seconds"]
     assert parts == pytest.approx(profile["seconds"], abs=2e-3)
     assert profile["forward_seconds"] > 0 and profile["sampler_seconds"] > 0
+    # --ops: the costliest operators (shares of the profiled call), and the GEMM rate at the
+    # decode shapes: every linear layer of the tiny model, 3 rows each.
+    assert len(profile["ops"]) == 5 and all(0 < op["share"] <= 1 for op in profile["ops"])
+    assert sum(op["share"] for op in profile["ops"]) <= 1.0 + 1e-6
+    gemm = profile["decode_gemm"]
+    assert gemm["rows"] == 3 and gemm["share_of_cube_rate"] > 0
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert sum(shape["layers"] for shape in gemm["shapes"]) == len(layers)

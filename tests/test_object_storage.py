@@ -237,9 +237,13 @@ def test_eval_writes_its_results_and_summary_to_s3(s3, tmp_path):
     responses.write_text(
         "".join(json.dumps({"prompt": p, "response": "A short answer."}) + "\n" for p in prompts)
     )
+    s3.put(str(responses), "mipo-test/eval/responses.jsonl")
     local, remote = tmp_path / "e.parquet", "s3://mipo-test/eval/e.parquet"
-    for out in (str(local), remote):
-        args = ["eval", "--task", "ifeval", "--responses", str(responses), "-o", out]
+    for source, out in (
+        (str(responses), str(local)),
+        ("s3://mipo-test/eval/responses.jsonl", remote),
+    ):
+        args = ["eval", "--task", "ifeval", "--responses", source, "-o", out]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     assert is_complete(remote)
@@ -248,14 +252,45 @@ def test_eval_writes_its_results_and_summary_to_s3(s3, tmp_path):
     expected = json.loads((tmp_path / "e.summary.json").read_text())
     assert summary["items"] == 3 and summary.pop("seconds_this_run") >= 0
     expected.pop("seconds_this_run")
+    assert summary.pop("responses_file") == "s3://mipo-test/eval/responses.jsonl"
+    assert expected.pop("responses_file") == str(responses)
     assert summary == expected
     result = runner.invoke(app, ["eval", "--compare", str(local), remote])
     assert result.exit_code == 0, result.output
+    assert read_manifest(remote)["inputs"][-1]["path"] == "s3://mipo-test/eval/responses.jsonl"
+
+    # --data from object storage: the benchmark file in its own layout, read like a local one.
+    from mipo_engine.sources.ifeval import builtin_ifeval_path
+
+    s3.put(str(builtin_ifeval_path()), "mipo-test/eval/input_data.jsonl")
+    data = ["--data", "s3://mipo-test/eval/input_data.jsonl", "--responses", str(responses)]
+    remote_data = "s3://mipo-test/eval/from-remote-data.parquet"
+    result = runner.invoke(app, ["eval", "--task", "ifeval", *data, "-o", remote_data])
+    assert result.exit_code == 0, result.output
+    assert read_artifact(remote_data, EVAL).equals(read_artifact(local, EVAL))
+    assert read_manifest(remote_data)["inputs"][0] == {
+        "role": "data",
+        "path": "s3://mipo-test/eval/input_data.jsonl",
+        "sha256": read_manifest(local)["inputs"][0]["sha256"],
+        "bytes": read_manifest(local)["inputs"][0]["bytes"],
+    }
+
+    # A bad row of a remote file is named by its URL; a missing object by its option.
+    s3.pipe_file("mipo-test/eval/bad.jsonl", b'{"prompt": "x"}\n')
+    bad = ["eval", "--task", "ifeval", "--responses", "s3://mipo-test/eval/bad.jsonl"]
+    result = runner.invoke(app, [*bad, "-o", str(tmp_path / "bad.parquet")])
+    assert result.exit_code == 2, result.output
+    assert "s3://mipo-test/eval/bad.jsonl" in " ".join(result.output.split())
+    assert "row 1" in result.output and "mipo-fetch" not in result.output
+    missing = ["eval", "--task", "ifeval", "--responses", "s3://mipo-test/eval/none.jsonl"]
+    result = runner.invoke(app, [*missing, "-o", str(tmp_path / "none.parquet")])
+    assert result.exit_code == 2 and "'responses'" in result.output, result.output
+    assert not (tmp_path / "bad.parquet").exists() and not (tmp_path / "none.parquet").exists()
 
 
 def test_contexts_write_their_artifacts_to_s3(s3, tmp_path):
-    """``mipo contexts`` with ``--out`` and ``--as-prompts`` on object storage (preference
-    files stay local): the rows of a local run."""
+    """``mipo contexts`` reading its preference file from object storage and writing
+    ``--out`` and ``--as-prompts`` there: the rows of a local run."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -277,9 +312,13 @@ def test_contexts_write_their_artifacts_to_s3(s3, tmp_path):
     ]
     preferences = tmp_path / "prefs.jsonl"
     preferences.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    for where in (str(tmp_path / "local"), "s3://mipo-test/contexts"):
+    s3.put(str(preferences), "mipo-test/contexts/in/prefs.jsonl")
+    for where, source in (
+        (str(tmp_path / "local"), str(preferences)),
+        ("s3://mipo-test/contexts", "s3://mipo-test/contexts/in/prefs.jsonl"),
+    ):
         config = ContextsConfig.from_options(
-            preferences=preferences,
+            preferences=source,
             out=f"{where}/c.parquet",
             as_prompts=f"{where}/p.parquet",
             chunk_rows=2,
@@ -293,3 +332,54 @@ def test_contexts_write_their_artifacts_to_s3(s3, tmp_path):
     )
     prompts = read_artifact(f"{remote}/p.parquet", PROMPTS)
     assert prompts.equals(read_artifact(f"{local}/p.parquet", PROMPTS)) and prompts.height == 3
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    """A Google Cloud Storage emulator on 127.0.0.1 (``gcp-storage-emulator``, in memory) and
+    a gcsfs client to it; ``STORAGE_EMULATOR_HOST`` points gcsfs there, as a user would."""
+    import socket
+
+    import fsspec
+    import gcsfs  # the [ray] extra; the README's install line includes it
+    from gcp_storage_emulator.server import create_server  # dev extra
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="mipo-gcs")
+    server.start()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    # What FSSPEC_GCS_TOKEN=anon in the environment sets when fsspec is imported after it.
+    patch.setitem(fsspec.config.conf, "gcs", {"token": "anon"})
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    yield gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    patch.undo()
+    server.stop()
+
+
+def test_generate_reads_and_writes_gs_urls_like_a_local_run(gcs, tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.parquet"
+    result = runner.invoke(app, ["ingest", "builtin:personalization-train", "-o", str(prompts)])
+    assert result.exit_code == 0, result.output
+    gcs.put(str(prompts), "mipo-gcs/in/prompts.parquet")
+    settings = ["--model", str(tiny_model_dir), "--seed", "8", "--max-new-tokens", "5"]
+    settings += ["--limit", "4", "--chunk-pairs", "2"]
+    local_out = tmp_path / "g.parquet"
+    args = ["generate", "--prompts", str(prompts), "--out", str(local_out), *settings]
+    assert runner.invoke(app, args).exit_code == 0
+    url = "gs://mipo-gcs/run/g.parquet"
+    args = ["generate", "--prompts", "gs://mipo-gcs/in/prompts.parquet", "--out", url]
+    result = runner.invoke(app, [*args, *settings])
+    assert result.exit_code == 0, result.output
+    assert is_complete(url)
+    assert read_artifact(url, GENERATIONS).equals(read_artifact(local_out, GENERATIONS))
+    manifest = read_manifest(url)
+    assert manifest["inputs"][0]["path"] == "gs://mipo-gcs/in/prompts.parquet"
+    assert not gcs.exists("mipo-gcs/run/g.parquet.parts")
+    assert sorted(gcs.ls("mipo-gcs/run")) == [
+        "mipo-gcs/run/g.manifest.json",
+        "mipo-gcs/run/g.parquet",
+    ]

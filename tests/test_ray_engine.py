@@ -42,6 +42,7 @@ from mipo_engine.stages.score import ScoreConfig, run_score
 
 # A loaded 2-core machine can take more than Ray's default minute to register its node.
 os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")
+# conftest.py makes every Ray instance of the tests bind 127.0.0.1 (checked in local_ray).
 
 runner = CliRunner()
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +56,9 @@ def local_ray():
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
+        _node_ip_address="127.0.0.1",
     )
+    assert [node["NodeManagerAddress"] for node in ray.nodes()] == ["127.0.0.1"]
     yield
     ray.shutdown()
 
@@ -357,6 +360,7 @@ def test_eval_on_two_ray_workers_writes_the_local_rows(local_ray, tiny_model_dir
     out = run_eval(config(tmp_path / "ray.parquet", engine="ray", workers=2))
     assert local.height == 6
     assert read_artifact(out, EVAL).equals(local)
+    assert read_manifest(out)["stats"]["engine"]["workers"] == 2
 
 
 def test_rubrics_on_two_ray_workers_write_the_local_rows(local_ray, tmp_path):
@@ -389,3 +393,116 @@ def test_rubrics_on_two_ray_workers_write_the_local_rows(local_ray, tmp_path):
     out = run_rubrics(config(tmp_path / "ray.parquet", engine="ray", workers=2))
     assert local.height == 3 and local["checker"].null_count() == 0
     assert read_artifact(out, RUBRICS).equals(local)
+    assert read_manifest(out)["stats"]["engine"] == {
+        "engine": "ray",
+        "workers": 2,
+        "ray_address": None,
+    }
+
+
+class _StatementServer:
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 whose reply depends on the prompt
+    only (so any engine gets the same answers): a JSON preference statement naming the
+    question's number. It counts the requests it answered."""
+
+    def __init__(self) -> None:
+        import json as json_module
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json_module.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                asked = body["messages"][-1]["content"]
+                number = next(word for word in asked.split() if word.isdigit())
+                content = json_module.dumps(
+                    {"response_length": f"Keep replies under {number} lines.", "tone": "Warm."}
+                )
+                reply = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+                payload = json_module.dumps(reply).encode()
+                with state.lock:
+                    state.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_contexts_on_two_ray_workers_write_the_local_rows(local_ray, tmp_path):
+    """``mipo contexts`` with the openai backend: each actor is an HTTP client of a local
+    server; the contexts and prompts artifacts equal a local run's, one request per row."""
+    import json as json_module
+
+    from mipo_engine.artifacts.schemas import CONTEXTS
+    from mipo_engine.stages.contexts import ContextsConfig, run_contexts
+
+    preferences = tmp_path / "choices.jsonl"
+    rows = [
+        {
+            "id": f"row-{i}",
+            "user_id": f"user-{i % 3}",
+            "prompt": f"Question number {i} for row-{i}?",
+            "response_a": f"A long answer {i}.",
+            "response_b": f"Short {i}.",
+            "preferred": "B",
+        }
+        for i in range(6)
+    ]
+    preferences.write_text("".join(json_module.dumps(row) + "\n" for row in rows))
+    server = _StatementServer()
+    try:
+
+        def config(name: str, **engine: object) -> ContextsConfig:
+            return ContextsConfig.from_options(  # type: ignore[return-value]
+                preferences=preferences,
+                out=tmp_path / f"{name}.parquet",
+                as_prompts=tmp_path / f"{name}-prompts.parquet",
+                backend="openai",
+                model="served",
+                base_url=server.url,
+                chunk_rows=2,
+                **engine,
+            )
+
+        local = read_artifact(run_contexts(config("local")), CONTEXTS)
+        assert server.requests == 6
+        out = run_contexts(config("ray", engine="ray", workers=2))
+        assert server.requests == 12
+    finally:
+        server.close()
+    assert local.height == 12  # two context items per source row
+    assert set(local["source_id"]) == {f"row-{i}" for i in range(6)}
+    assert read_artifact(out, CONTEXTS).equals(local)
+    assert read_manifest(out)["stats"]["engine"]["workers"] == 2
+    assert read_artifact(tmp_path / "ray-prompts.parquet", PROMPTS).equals(
+        read_artifact(tmp_path / "local-prompts.parquet", PROMPTS)
+    )

@@ -1,7 +1,7 @@
 """Where an artifact lives: a local path, or an object-store URL (``s3://``, ``gs://``).
 
-URLs are reached through fsspec (``s3fs`` for ``s3://``, ``gcsfs`` for ``gs://``: the
-``[ray]`` extra carries ``s3fs``). Credentials and endpoints come from the environment only
+URLs are reached through fsspec (``s3fs`` for ``s3://``, ``gcsfs`` for ``gs://``; the
+``[ray]`` extra carries both). Credentials and endpoints come from the environment only
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``,
 ``GOOGLE_APPLICATION_CREDENTIALS`` ...); nothing here reads, stores or records them.
 
@@ -18,12 +18,17 @@ import hashlib
 import io
 import posixpath
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator
 
-from mipo_engine.errors import ConfigError
+from mipo_engine.errors import ConfigError, InputError
+
+V = TypeVar("V")
 
 _URL = re.compile(r"^[a-z][a-z0-9+.\-]*://", re.I)
 _FOLDED_URL = re.compile(r"^(s3|s3a|gs|gcs|az|abfs|abfss):/(?!/)", re.I)
@@ -161,3 +166,30 @@ def check_writable(url: str, *, key: str) -> None:
             f"bucket {bucket!r} of {url} does not exist (or these credentials cannot see it)",
             key=key,
         )
+
+
+@contextmanager
+def local_copy(value: V, *, key: str) -> Iterator[V | Path]:
+    """A local file for a reader that needs one: ``value`` itself unless it is a URL, else the
+    object downloaded into a temporary folder under its own name (readers that go by the
+    suffix keep working) and removed afterwards.
+
+    A missing object is a ``ConfigError`` naming ``key``; a reader's ``InputError`` about the
+    copy names the URL, not the temporary file.
+    """
+    if not is_url(value):
+        yield value
+        return
+    url = str(value)
+    fs, path = filesystem(url)
+    if not fs.isfile(path):
+        raise ConfigError(f"{url} does not exist", key=key)
+    with tempfile.TemporaryDirectory(prefix="mipo-fetch-") as folder:
+        copy = Path(folder) / name(url)
+        fs.get_file(path, str(copy))
+        try:
+            yield copy
+        except InputError as error:
+            if error.file != str(copy):
+                raise
+            raise InputError(error.reason, file=url, row=error.row, field=error.field) from None

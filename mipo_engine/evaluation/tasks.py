@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import polars as pl
 
+from mipo_engine.artifacts.location import as_location
 from mipo_engine.artifacts.schemas import PROMPTS, validate_frame
 from mipo_engine.artifacts.store import read_artifact
 from mipo_engine.errors import InputError
@@ -119,12 +120,13 @@ def load_items(
     return subsample(rows, limit, seed=seed) if limit is not None else rows
 
 
-def data_source(task: EvalTask, data: str | Path | None) -> Path | None:
-    """The file or folder the items come from, for the manifest's input hashes."""
+def data_source(task: EvalTask, data: str | Path | None) -> str | Path | None:
+    """The file, folder or object-store URL the items come from, for the manifest's input
+    hashes."""
     if data == HUB_DATA:
         return cached_hub_path(task.name)
     if data is not None and not str(data).startswith("builtin:"):
-        return Path(data)
+        return as_location(data)
     if task.kind == "ifeval":
         return builtin_ifeval_path()
     if task.kind == "personalization":

@@ -268,5 +268,5 @@ def write_rubrics(
         model=settings.model or "default",
         backend=settings.backend,
         seed=settings.seed,
-        stats=stats,
+        stats={**stats, "engine": settings.engine_settings()},
     )

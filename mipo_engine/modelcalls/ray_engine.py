@@ -1,28 +1,33 @@
-"""``--engine ray``: a model-calling stage's chunks computed by Ray actors.
+"""``--engine ray``: a model-calling stage's chunks computed on Ray Data's actor pool.
 
 Imported only when a stage runs with ``engine: ray``, so Ray stays an optional extra.
 
 - ``connect`` joins the Ray instance at ``ray_address`` (``auto``: the cluster this node
   belongs to) or, without an address, joins or starts a local one; an address that does not
   answer is a ``ConfigError`` naming ``ray_address`` before anything is written.
-- ``map_chunks`` starts ``workers`` actors. Each enters the stage's ``opener`` once (one
-  backend instance per actor: a vLLM engine on one GPU, a transformers model, or an HTTP
-  client) and computes the chunks it is handed. Ray's ``ActorPool`` hands out the chunks and
-  yields each result as it returns; the caller journals it. An actor whose process dies is
-  restarted by Ray (``max_restarts``) and its unfinished call is retried
-  (``max_task_retries``), so a killed worker costs one chunk's time, not the run.
+- ``map_chunks`` makes a Ray Dataset of the planned chunks (one row per chunk) and maps it
+  with ``map_batches`` on a fixed pool of ``workers`` actors. Each actor enters the stage's
+  ``opener`` once (one backend instance per actor: a vLLM engine on one GPU, a transformers
+  model, or an HTTP client) and computes the chunks Ray Data hands it; results stream back
+  as each finishes and the caller journals them. An actor whose process dies is restarted by
+  Ray (``max_restarts``) and the chunk it held is retried (``max_task_retries``), so a killed
+  worker costs one chunk's time, not the run.
 
-The journal stays with the caller (the driver): Ray's own checkpointing is not used.
+The driver plans the chunks, because it holds the journal: a rerun after a crash plans only
+the chunks the journal lacks. Ray Data's own checkpointing is not used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mipo_engine.errors import ConfigError
+from mipo_engine.errors import ConfigError, MipoError
 
 if TYPE_CHECKING:
     from mipo_engine.modelcalls.settings import ModelCallConfig
@@ -102,18 +107,39 @@ def _actor_resources(ray: Any, settings: ModelCallConfig) -> dict[str, float]:
 
 
 class _ChunkWorker:
-    """One Ray actor: a model opened once, then one call per chunk."""
+    """One actor of the pool: the model opened once, then one chunk per batch.
+
+    An error while opening the model (a bad path, say) is kept and raised by the first
+    chunk, so it reaches the driver as the stage's own error; raised in the constructor it
+    would leave the pool waiting for an actor that never starts.
+    """
 
     def __init__(self, opener: Callable[[], AbstractContextManager[Any]], work: Callable) -> None:
-        self._context = opener()
-        self._model = self._context.__enter__()
         self._work = work
+        self._failure: BaseException | None = None
+        try:
+            self._context = opener()
+            self._model = self._context.__enter__()
+        except Exception as error:  # raised again, with its type, by the first chunk
+            self._failure = error
 
-    def run(self, index: int, chunk: list[Any]) -> tuple[int, Any]:
-        return index, self._work(self._model, chunk)
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+        from ray import cloudpickle
 
-    def close(self) -> None:
-        self._context.__exit__(None, None, None)
+        if self._failure is not None:
+            raise self._failure
+        results = [
+            cloudpickle.dumps(self._work(self._model, cloudpickle.loads(payload)))
+            for payload in batch["payload"]
+        ]
+        return {"index": batch["index"], "result": np.array(results, dtype=object)}
+
+    def __del__(self) -> None:
+        context = getattr(self, "_context", None)
+        if context is not None and self._failure is None:
+            with contextlib.suppress(Exception):
+                context.__exit__(None, None, None)
 
 
 def map_chunks(
@@ -124,31 +150,44 @@ def map_chunks(
 ) -> Iterator[tuple[list[T], R]]:
     """Compute ``work(model, chunk)`` for every chunk on ``settings.workers`` actors; yield
     ``(chunk, result)`` as each returns (completion order, not input order)."""
-    ray = _ray()
+    _ray()
     connect(settings)
-    from ray.util import ActorPool
+    import ray.data
+    from ray import cloudpickle
 
-    remote = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(_ChunkWorker)
-    options = _actor_resources(ray, settings)
-    count = min(settings.workers, len(chunks))
-    actors = [remote.options(**options).remote(opener, work) for _ in range(count)]
-    pool = ActorPool(actors)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # the stage reports progress
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.raise_original_map_exception = True  # a MipoError arrives as itself
+    rows = [
+        {"index": index, "payload": cloudpickle.dumps(chunk)} for index, chunk in enumerate(chunks)
+    ]
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates restart limits passed as remote arguments without naming a
+        # replacement; without them an actor that keeps dying is restarted forever.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+            _ChunkWorker,
+            fn_constructor_args=(opener, work),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(settings.workers, len(chunks))),
+            max_restarts=RESTARTS,
+            max_task_retries=RESTARTS,
+            **_actor_resources(ray, settings),
+        )
     try:
-        for index, result in pool.map_unordered(
-            lambda actor, item: actor.run.remote(*item), list(enumerate(chunks))
-        ):
-            yield chunks[index], result
-        ray.get([actor.close.remote() for actor in actors])
-    except ray.exceptions.RayError as error:
+        for row in dataset.iter_rows():
+            yield chunks[int(row["index"])], cloudpickle.loads(row["result"])
+    except MipoError:
+        raise
+    except Exception as error:
         raise _stage_error(error) from None
-    finally:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
 
 
 def _stage_error(error: Exception) -> Exception:
     """The project's error a worker raised (a bad model path, say), else a BackendError."""
-    from mipo_engine.errors import BackendError, MipoError
+    from mipo_engine.errors import BackendError
 
     cause = getattr(error, "cause", None)
     if isinstance(cause, MipoError):

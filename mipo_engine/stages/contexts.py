@@ -33,6 +33,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
+from mipo_engine.artifacts import location
 from mipo_engine.artifacts.location import Location
 from mipo_engine.artifacts.run import StageRun, check_output_path
 from mipo_engine.artifacts.schemas import CONTEXTS, PROMPTS
@@ -70,8 +71,8 @@ from mipo_engine.templates import render
 
 
 class ContextsConfig(AskingConfig):
-    preferences: Path = Field(
-        description="Users' choices (PRISM utterances, Community Alignment, or a pairwise file with prompt, option_a/option_b..., preferred) or, with --mode system-to-user, Multifaceted-Bench records. JSONL, JSON, CSV or Parquet."
+    preferences: Location = Field(
+        description="Users' choices (PRISM utterances, Community Alignment, or a pairwise file with prompt, option_a/option_b..., preferred) or, with --mode system-to-user, Multifaceted-Bench records. JSONL, JSON, CSV or Parquet; a local path or an s3:// or gs:// URL."
     )
     """Users' choices (PRISM, Community Alignment or pairwise layout) or system messages."""
     out: Annotated[Location, Cli("--out", "-o")] = Field(description="Output contexts .parquet.")
@@ -240,8 +241,13 @@ def parse_user_statement(text: str) -> str:
 
 
 def _source_rows(config: ContextsConfig) -> list[SourceRow]:
+    with location.local_copy(config.preferences, key="preferences") as source:
+        return _read_source_rows(config, Path(source))
+
+
+def _read_source_rows(config: ContextsConfig, source: Path) -> list[SourceRow]:
     if config.mode == "system-to-user":
-        preferences = read_system_preferences(config.preferences)
+        preferences = read_system_preferences(source)
         rows = [
             SourceRow(
                 source_id=p.source_id,
@@ -255,7 +261,7 @@ def _source_rows(config: ContextsConfig) -> list[SourceRow]:
         ]
     else:
         examples = read_preferences(
-            config.preferences,
+            source,
             layout=config.layout,  # type: ignore[arg-type]
             columns=config.column_overrides(),
             turn=config.turn,
@@ -430,7 +436,7 @@ def run_contexts(config: ContextsConfig, *, backend: Backend | None = None) -> P
     output = check_output_path(config.out, config.preferences)
     check_engine(config, shared_backend=backend is not None)
     run = StageRun("contexts", output, config.identity(), {"preferences": config.preferences})
-    source = Path(config.preferences).name
+    source = location.name(config.preferences)
     if run.up_to_date():
         if config.as_prompts is not None and not is_complete(config.as_prompts):
             _write_prompts(config, read_artifact(output, CONTEXTS), source)
@@ -474,7 +480,7 @@ def run_contexts(config: ContextsConfig, *, backend: Backend | None = None) -> P
         model=config.model or "default",
         backend=config.backend,
         seed=config.seed,
-        stats=stats,
+        stats={**stats, "engine": config.engine_settings()},
     )
     _write_prompts(config, contexts, source)
     journal.finish()

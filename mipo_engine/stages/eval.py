@@ -119,7 +119,7 @@ class EvalConfig(ModelCallConfig):
     """A LoRA adapter folder (``mipo train --lora``) applied on top of ``model``."""
     data: str | None = Field(
         None,
-        description="Benchmark file in its original layout, a prompts .parquet, builtin:<set>, or 'hub' (the pinned Hugging Face copy). Default: the Hub copy for benchmarks (cached after the first run; offline, pass the file), the bundled prompts for ifeval, builtin:personalization-heldout for personalization.",
+        description="Benchmark file in its original layout (a local path or an s3:// or gs:// URL), a prompts .parquet, builtin:<set>, or 'hub' (the pinned Hugging Face copy). Default: the Hub copy for benchmarks (cached after the first run; offline, pass the file), the bundled prompts for ifeval, builtin:personalization-heldout for personalization.",
     )
     """Benchmark file, prompts ``.parquet``, ``builtin:<set>`` or ``hub``; None: the task's
     default (the pinned Hub copy for benchmarks, the bundled prompts for IFEval)."""
@@ -171,9 +171,9 @@ class EvalConfig(ModelCallConfig):
         description="Rubrics artifact (mipo rubrics) for rubric mode; made with the judge if absent.",
     )
     """Rubrics artifact (``mipo rubrics``); rubric mode builds one with the judge if absent."""
-    responses: Path | None = Field(
+    responses: Location | None = Field(
         None,
-        description="ifeval: score these responses instead of running a model: JSONL with 'prompt' and 'response' per line (IFEval's format) or a .parquet with those columns (e.g. an ifeval eval output).",
+        description="ifeval: score these responses instead of running a model: JSONL with 'prompt' and 'response' per line (IFEval's format) or a .parquet with those columns (e.g. an ifeval eval output); a local path or an s3:// or gs:// URL.",
     )
     """IFEval only: score these existing responses (JSONL or Parquet) instead of a model."""
 
@@ -512,15 +512,15 @@ def _evaluate_frame(backends: _Backends, units: list[Unit], *, config: EvalConfi
 def _check_paths(config: EvalConfig) -> Path:
     """The output path, after checking the inputs exist and none would be overwritten."""
     local = config.data and config.data != HUB_DATA and not config.data.startswith("builtin:")
-    data_file = Path(config.data) if local else None
+    data_file = location.as_location(config.data) if local else None
     output = check_output_path(
         config.out, data_file, config.reference, config.rubrics, config.responses
     )
-    if data_file is not None and not data_file.exists():
+    if data_file is not None and not location.exists(data_file):
         raise ConfigError(f"data file {data_file} does not exist", key="data")
     if config.adapter is not None and not config.adapter.is_dir():
         raise ConfigError(f"adapter folder {config.adapter} does not exist", key="adapter")
-    if config.responses is not None and not config.responses.is_file():
+    if config.responses is not None and not location.is_file(config.responses):
         raise ConfigError(f"responses file {config.responses} does not exist", key="responses")
     if config.rubrics is not None and not location.is_file(config.rubrics):
         raise ConfigError(f"rubrics file {config.rubrics} does not exist", key="rubrics")
@@ -592,7 +592,8 @@ def _score_responses(config: EvalConfig, run: StageRun, items: list[dict[str, An
     """``--responses``: verify existing responses; everything is checked before writing."""
     assert config.responses is not None
     started = time.perf_counter()
-    frame = _scored_rows(read_responses(config.responses, items), config)
+    with location.local_copy(config.responses, key="responses") as responses:
+        frame = _scored_rows(read_responses(Path(responses), items), config)
     summary = summarize(frame, config.eval_task.kind)
     summary.update(
         model=None,
@@ -616,7 +617,8 @@ def run_eval(
     """
     output = _check_paths(config)
     task = config.eval_task
-    items = load_items(task, config.data, limit=config.limit, seed=config.seed)
+    with location.local_copy(config.data, key="data") as data:
+        items = load_items(task, data, limit=config.limit, seed=config.seed)
     units = plan_units(items, config.samples, config.seed)
     inputs = {
         "data": data_source(task, config.data),
@@ -650,6 +652,7 @@ def run_eval(
         sampling=config.sampling().__dict__ | {"stop": list(config.sampling().stop)},
         responses_this_run=evaluated,
         seconds_this_run=round(seconds, 3),
+        engine=config.engine_settings(),
     )
     # Summary first, manifest last: an artifact is complete only once its manifest exists.
     write_json_atomic(summary_path(output), summary)
