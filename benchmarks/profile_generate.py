@@ -1,5 +1,5 @@
 """Where the hf backend's generation time goes: the model's forward passes, the sampler
-(temperature, nucleus mask, per-row Gumbel noise) and everything else (stop checks, batching,
+(temperature, softmax, the per-row nucleus and draw) and everything else (stop checks, batching,
 decoding), for one batch.
 
     python benchmarks/profile_generate.py [--model M] [--prompts 32] [--tokens 32]

@@ -1,8 +1,8 @@
 """transformers backend: batched, length-sorted generation and scoring on CPU or CUDA.
 
 Sampling is reproducible per row: each request carries its own seed, and the sampler draws
-the row's randomness from a generator seeded with it (Gumbel-max sampling), so a row's
-completion does not depend on which other rows share its batch.
+one uniform per row and step from a generator seeded with it (inverse-CDF sampling over the
+row's nucleus), so a row's completion does not depend on which other rows share its batch.
 """
 
 from __future__ import annotations
@@ -136,10 +136,13 @@ def load_network(
 
 
 class _RowSeededSampler:
-    """Logits processor: temperature, top-p, then Gumbel noise from each row's own generator.
+    """Logits processor that draws each row's next token itself, from its own generator.
 
-    With greedy decoding over the perturbed scores this draws exactly from the top-p
-    filtered softmax(logits / T) (the Gumbel-max trick).
+    Temperature, then the top-p nucleus, then one uniform draw per row inverted through the
+    nucleus's cumulative distribution: an exact draw from the renormalised top-p softmax of
+    ``logits / T``. The returned scores are 0 at the drawn token and -inf elsewhere, so the
+    greedy step of ``generate`` takes it. A row's draw depends only on its own logits and
+    generator, never on which other rows share its batch.
     """
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
@@ -148,37 +151,69 @@ class _RowSeededSampler:
         self.top_p = top_p
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.float() / self.temperature
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        uniforms = torch.cat([torch.rand(1, generator=g) for g in self.generators])
+        uniforms = uniforms.to(probs.device).unsqueeze(-1)
         if self.top_p < 1.0:
-            scores = scores.masked_fill(outside_top_p(scores, self.top_p), float("-inf"))
-        uniforms = torch.empty(scores.shape, dtype=torch.float32)
-        for row, generator in enumerate(self.generators):
-            torch.rand(scores.shape[1], generator=generator, out=uniforms[row])
-        gumbel = -torch.log(-torch.log(uniforms.clamp_(1e-20, 1.0 - 1e-7)))
-        return scores + gumbel.to(scores.device)
+            head, tokens, kept = nucleus(probs, self.top_p)
+        else:
+            head, tokens, kept = probs, None, torch.full_like(uniforms, probs.shape[-1]).long()
+        cdf = head.cumsum(dim=-1)
+        position = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True)
+        position = torch.minimum(position, kept - 1)
+        chosen = position if tokens is None else tokens.gather(-1, position)
+        drawn = torch.full_like(scores, float("-inf"))
+        return drawn.scatter_(-1, chosen, 0.0)
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's top-p nucleus: a token is in it unless the probability mass of the tokens
+    ranked above it already reaches ``top_p`` (the top token always is).
+
+    Returns ``(head, tokens, kept)``: per row the probabilities in falling order and their
+    token ids, ``kept`` (B, 1) of them in the nucleus and zeros after those (rows are padded
+    to the widest). All rows are partially sorted to their top 64; a row whose nucleus is
+    wider is widened alone (1,024, 16,384, then the whole vocabulary), in place: a full
+    sort of a 262k-token row costs about 20 times its top 16,384.
+    """
+    rows, vocab = probs.shape
+    heads: list[torch.Tensor] = []
+    ids: list[torch.Tensor] = []
+    top, idx = _largest(probs, 64)
+    for row in range(rows):
+        row_top, row_idx = top[row], idx[row]
+        widths = iter((1024, 16384, vocab))
+        while True:
+            before = row_top.cumsum(dim=-1) - row_top  # mass ranked above each entry
+            if before[-1] >= top_p or len(row_top) == vocab:
+                break
+            row_top, row_idx = (t[0] for t in _largest(probs[row : row + 1], next(widths)))
+        inside = int((before < top_p).sum())  # >= 1: the top entry has 0 before it
+        heads.append(row_top[:inside])
+        ids.append(row_idx[:inside])
+    kept = torch.tensor([[len(h)] for h in heads], device=probs.device)
+    width = int(kept.max())
+    head = torch.zeros(rows, width, dtype=probs.dtype, device=probs.device)
+    tokens = torch.zeros(rows, width, dtype=torch.long, device=probs.device)
+    for row, (values, token_ids) in enumerate(zip(heads, ids)):
+        head[row, : len(values)] = values
+        tokens[row, : len(values)] = token_ids
+    return head, tokens, kept
+
+
+def _largest(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row, descending, and their indices."""
+    if 4 * k > probs.shape[-1]:  # a partial sort this wide is no cheaper than a full one
+        return probs.sort(dim=-1, descending=True)
+    return probs.topk(k, dim=-1)
 
 
 def outside_top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Mask of the tokens nucleus sampling drops: a token goes when the probability mass of
-    the tokens ranked above it already reaches ``top_p`` (the top token always stays).
-
-    Only the top ``k`` probabilities are sorted, with ``k`` grown until every row's kept set
-    fits: sorting a whole 262k-token vocabulary per row every step costs more than the rest
-    of sampling.
-    """
+    """Mask of the tokens nucleus sampling drops (see ``nucleus``); tokens tied with the
+    last one kept stay too."""
     probs = torch.softmax(scores, dim=-1)
-    vocab = probs.shape[-1]
-    for k in (64, 1024, vocab):
-        if k >= vocab // 16:  # a partial sort this wide is no cheaper than a full one
-            top = probs.sort(dim=-1, descending=True).values
-        else:
-            top = probs.topk(k, dim=-1).values  # (B, k), descending
-        before = top.cumsum(dim=-1) - top  # mass ranked above each entry
-        if top.shape[-1] == vocab or bool((before[:, -1] >= top_p).all()):
-            break
-    kept = (before < top_p).sum(dim=-1, keepdim=True)  # >= 1: the top entry has 0 before it
-    threshold = top.gather(-1, kept - 1)
-    return probs < threshold
+    head, _, kept = nucleus(probs, top_p)
+    return probs < head.gather(-1, kept - 1)
 
 
 class _StopOnStrings:
