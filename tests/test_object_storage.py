@@ -17,6 +17,7 @@ import s3fs  # the [ray] extra; the README's install line includes it
 from typer.testing import CliRunner
 
 from cli import app
+from mipo_engine.artifacts import location
 from mipo_engine.artifacts.schemas import GENERATIONS, SCORES
 from mipo_engine.artifacts.store import is_complete, read_artifact, read_manifest
 
@@ -226,7 +227,7 @@ def test_rubrics_and_judge_read_and_write_s3(s3, tmp_path):
         assert SECRET.encode() not in data and KEY_ID.encode() not in data, name
 
 
-def test_eval_writes_its_results_and_summary_to_s3(s3, tmp_path):
+def test_eval_writes_its_results_and_summary_to_s3(s3, tmp_path, monkeypatch):
     """``mipo eval --out s3://...`` (IFEval responses scored, no model): the rows and the
     summary of a local run, and ``--compare`` reads the remote output."""
     from mipo_engine.artifacts.schemas import EVAL
@@ -265,8 +266,36 @@ def test_eval_writes_its_results_and_summary_to_s3(s3, tmp_path):
     s3.put(str(builtin_ifeval_path()), "mipo-test/eval/input_data.jsonl")
     data = ["--data", "s3://mipo-test/eval/input_data.jsonl", "--responses", str(responses)]
     remote_data = "s3://mipo-test/eval/from-remote-data.parquet"
+    downloads: list[str] = []
+    real_filesystem = location.filesystem
+
+    class Counting:  # the filesystem, recording what is downloaded through it
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, attribute):
+            found = getattr(self.fs, attribute)
+            if attribute not in ("get_file", "cat_file", "open"):
+                return found
+
+            def call(path, *args, **kwargs):
+                downloads.append(str(path))
+                return found(path, *args, **kwargs)
+
+            return call
+
+    def counting_filesystem(url):
+        fs, path = real_filesystem(url)
+        return Counting(fs), path
+
+    monkeypatch.setattr(location, "filesystem", counting_filesystem)
     result = runner.invoke(app, ["eval", "--task", "ifeval", *data, "-o", remote_data])
     assert result.exit_code == 0, result.output
+    # Hashed for the manifest and read for its rows, the source is downloaded once.
+    assert [d for d in downloads if d.endswith("input_data.jsonl")] == [
+        "mipo-test/eval/input_data.jsonl"
+    ]
+    monkeypatch.undo()
     assert read_artifact(remote_data, EVAL).equals(read_artifact(local, EVAL))
     assert read_manifest(remote_data)["inputs"][0] == {
         "role": "data",

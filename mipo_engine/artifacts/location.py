@@ -148,9 +148,57 @@ def read_frame(url: str, columns: list[str] | None = None) -> Any:
 
 
 def describe(url: str) -> dict[str, Any]:
-    """Size and content hash of a remote object (for the manifest's inputs)."""
-    data = read_bytes(url)
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    """Size and content hash of a remote object (for the manifest's inputs), from the
+    process's copy of it (``fetch``): a stage that hashes an input and then reads it
+    downloads it once."""
+    digest = hashlib.sha256()
+    copy = fetch(url)
+    with open(copy, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"sha256": digest.hexdigest(), "bytes": copy.stat().st_size}
+
+
+_FETCHED: dict[str, tuple[tuple[str, ...], Path]] = {}
+_VERSION_KEYS = ("size", "ETag", "etag", "md5Hash", "generation", "LastModified", "updated")
+
+
+def fetch(url: str, *, key: str | None = None) -> Path:
+    """A local copy of the object at ``url``, downloaded once per process for as long as the
+    object is unchanged (same size and version tags), into a temporary folder removed when
+    the process exits. Keeps the object's name, so readers that go by the suffix work.
+
+    A missing object (or a prefix, not an object) is a ``ConfigError`` naming ``key``.
+    """
+    fs, path = filesystem(url)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        info = {}
+    if info.get("type") != "file":
+        raise ConfigError(f"{url} does not exist", key=key)
+    version = tuple(str(info.get(k)) for k in _VERSION_KEYS)
+    cached = _FETCHED.get(url)
+    if cached is not None and cached[0] == version and cached[1].is_file():
+        return cached[1]
+    copy = Path(tempfile.mkdtemp(prefix="object-", dir=_fetch_folder())) / name(url)
+    fs.get_file(path, str(copy))
+    _FETCHED[url] = (version, copy)
+    return copy
+
+
+_FETCH_FOLDER: list[Path] = []
+
+
+def _fetch_folder() -> Path:
+    if not _FETCH_FOLDER:
+        import atexit
+        import shutil
+
+        folder = Path(tempfile.mkdtemp(prefix="mipo-fetch-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _FETCH_FOLDER.append(folder)
+    return _FETCH_FOLDER[0]
 
 
 def check_writable(url: str, *, key: str) -> None:
@@ -170,9 +218,9 @@ def check_writable(url: str, *, key: str) -> None:
 
 @contextmanager
 def local_copy(value: V, *, key: str) -> Iterator[V | Path]:
-    """A local file for a reader that needs one: ``value`` itself unless it is a URL, else the
-    object downloaded into a temporary folder under its own name (readers that go by the
-    suffix keep working) and removed afterwards.
+    """A local file for a reader that needs one: ``value`` itself unless it is a URL, else
+    the process's copy of the object (``fetch``: downloaded once, even when the stage also
+    hashed it for its manifest).
 
     A missing object is a ``ConfigError`` naming ``key``; a reader's ``InputError`` about the
     copy names the URL, not the temporary file.
@@ -181,15 +229,10 @@ def local_copy(value: V, *, key: str) -> Iterator[V | Path]:
         yield value
         return
     url = str(value)
-    fs, path = filesystem(url)
-    if not fs.isfile(path):
-        raise ConfigError(f"{url} does not exist", key=key)
-    with tempfile.TemporaryDirectory(prefix="mipo-fetch-") as folder:
-        copy = Path(folder) / name(url)
-        fs.get_file(path, str(copy))
-        try:
-            yield copy
-        except InputError as error:
-            if error.file != str(copy):
-                raise
-            raise InputError(error.reason, file=url, row=error.row, field=error.field) from None
+    copy = fetch(url, key=key)
+    try:
+        yield copy
+    except InputError as error:
+        if error.file != str(copy):
+            raise
+        raise InputError(error.reason, file=url, row=error.row, field=error.field) from None
