@@ -104,7 +104,8 @@ def test_published_folder_loads_as_exactly_the_exported_rows(chain, tmp_path):
     import datasets
 
     folder = publish_local(chain, tmp_path / "hub")
-    loaded = datasets.load_dataset(str(folder))
+    # A cache of its own: the machine's may hold another folder called "hub".
+    loaded = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "datasets-cache"))
     expected = rows_by_split(read_preferences(chain / "prefs.parquet"))
     assert set(loaded) == set(expected) == {"train", "test"}
     for split, rows in expected.items():
@@ -183,8 +184,12 @@ def test_large_splits_are_cut_into_numbered_shards(chain, tmp_path):
     count = len(names)
     assert count > 1
     assert names == [f"train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
+    # No shard is empty (a reader cannot take a Parquet file without rows as a shard).
+    shard_rows = [pl.read_parquet(folder / "data" / name).height for name in names]
+    assert min(shard_rows) >= 1, shard_rows
     expected = rows_by_split(read_preferences(chain / "prefs.parquet"))
-    assert datasets.load_dataset(str(folder))["train"].to_list() == expected["train"]
+    loaded = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "datasets-cache"))
+    assert loaded["train"].to_list() == expected["train"]
 
 
 def test_republishing_replaces_the_old_shards(chain, tmp_path):
@@ -377,3 +382,23 @@ def test_card_helpers_by_hand():
     assert markdown_table(("a", "b"), [("x|y", "line\nbreak")]) == (
         "| a | b |\n|---|---|\n| x\\|y | line break |"
     )
+
+
+@pytest.mark.parametrize(
+    ("rows", "nbytes", "limit"), [(6, 600, 100), (7, 700, 150), (5, 50, 1), (1, 10**6, 1)]
+)
+def test_shard_count_never_leaves_a_shard_empty(rows, nbytes, limit):
+    """Shards of ceil(rows / count) rows each: every one holds at least one row, and none
+    goes over the byte limit by more than the one row that rounding can add."""
+    import math
+    from types import SimpleNamespace
+
+    from mipo_engine.publish.hub import shard_count
+
+    count = shard_count(SimpleNamespace(num_rows=rows, nbytes=nbytes), limit)
+    per_shard = math.ceil(rows / count)
+    sizes = [min(per_shard, rows - i * per_shard) for i in range(count)]
+    assert sum(sizes) == rows and min(sizes) >= 1, sizes
+    row_bytes = nbytes / rows
+    if row_bytes <= limit:
+        assert per_shard * row_bytes <= limit + row_bytes  # at most one row over, from rounding

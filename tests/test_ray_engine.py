@@ -126,7 +126,14 @@ def test_score_on_two_ray_workers_writes_the_local_rows(
         run_score(config(tmp_path / "ray.parquet", engine="ray", workers=2)), SCORES
     )
     assert local.height == 8
-    assert remote.equals(local)
+    # Same rows, token counts and order; the log-probs agree to float32 rounding (each Ray
+    # worker runs torch on one thread, and a product split over threads sums in another
+    # order, which can move the last bit).
+    floats = [name for name, dtype in local.schema.items() if dtype.is_float()]
+    assert remote.drop(floats).equals(local.drop(floats))
+    for name in floats:
+        gap = (remote[name] - local[name]).abs().max()
+        assert gap is not None and gap <= 1e-4, (name, gap)
 
 
 def test_revise_on_two_ray_workers_writes_the_local_rows(

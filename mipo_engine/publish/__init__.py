@@ -37,7 +37,10 @@ def load_preferences(path_or_repo: str | Path) -> DatasetDict:
 
     path = Path(path_or_repo)
     if path.is_dir():
-        return datasets.load_dataset(str(path))
+        # Rebuilt from the folder's files every time: ``datasets`` keys its cache of a local
+        # folder by the folder's name and its files' metadata, and a folder rewritten by a
+        # later ``mipo publish`` can hit the cache of the earlier one and read stale rows.
+        return datasets.load_dataset(str(path), download_mode="force_redownload")
     if path.is_file():
         tables = split_tables(read_preferences(path))
         return datasets.DatasetDict(

@@ -131,8 +131,11 @@ def split_tables(frame: pl.DataFrame) -> dict[str, pa.Table]:
 
 
 def shard_count(table: pa.Table, max_shard_bytes: int) -> int:
-    """Shards for a table: enough that each holds at most ``max_shard_bytes`` (in memory)."""
-    return max(1, math.ceil(table.nbytes / max_shard_bytes))
+    """Shards for a table: enough that each holds at most ``max_shard_bytes`` (in memory),
+    and never an empty one (a reader cannot take a Parquet file with no rows as a shard)."""
+    wanted = min(max(1, math.ceil(table.nbytes / max_shard_bytes)), max(1, table.num_rows))
+    per_shard = max(1, math.ceil(table.num_rows / wanted))
+    return max(1, math.ceil(table.num_rows / per_shard))
 
 
 def shard_name(split: str, index: int, count: int) -> str:
