@@ -195,7 +195,7 @@ def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tens
     width = int(kept.max())
     head = torch.zeros(rows, width, dtype=probs.dtype, device=probs.device)
     tokens = torch.zeros(rows, width, dtype=torch.long, device=probs.device)
-    for row, (values, token_ids) in enumerate(zip(heads, ids)):
+    for row, (values, token_ids) in enumerate(zip(heads, ids, strict=True)):
         head[row, : len(values)] = values
         tokens[row, : len(values)] = token_ids
     return head, tokens, kept
