@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--model", default=None, help="default: Gemma 3 270M")
+    parser.add_argument("--model", default=None, help="default: the default model")
     parser.add_argument("--ops", type=int, default=0, help="print the N costliest operators")
     args = parser.parse_args(argv)
     if min(args.pairs, args.steps) < 1 or args.tokens < 2:
