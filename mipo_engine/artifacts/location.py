@@ -14,7 +14,7 @@ resumes it.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import io
 import posixpath
 import re
@@ -147,18 +147,6 @@ def read_frame(url: str, columns: list[str] | None = None) -> Any:
         return pl.read_parquet(handle, columns=columns)
 
 
-def describe(url: str) -> dict[str, Any]:
-    """Size and content hash of a remote object (for the manifest's inputs), from the
-    process's copy of it (``fetch``): a stage that hashes an input and then reads it
-    downloads it once."""
-    digest = hashlib.sha256()
-    copy = fetch(url)
-    with open(copy, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"sha256": digest.hexdigest(), "bytes": copy.stat().st_size}
-
-
 _FETCHED: dict[str, tuple[tuple[str, ...], Path]] = {}
 _VERSION_KEYS = ("size", "ETag", "etag", "md5Hash", "generation", "LastModified", "updated")
 
@@ -168,7 +156,9 @@ def fetch(url: str, *, key: str | None = None) -> Path:
     object is unchanged (same size and version tags), into a temporary folder removed when
     the process exits. Keeps the object's name, so readers that go by the suffix work.
 
-    A missing object (or a prefix, not an object) is a ``ConfigError`` naming ``key``.
+    A missing object (or a prefix, not an object) is a ``ConfigError`` naming ``key``. The
+    manifest hashes this copy, and ``local_copy`` hands it to readers, so a stage that does
+    both downloads the object once.
     """
     fs, path = filesystem(url)
     try:
@@ -187,18 +177,15 @@ def fetch(url: str, *, key: str | None = None) -> Path:
     return copy
 
 
-_FETCH_FOLDER: list[Path] = []
-
-
+@functools.cache
 def _fetch_folder() -> Path:
-    if not _FETCH_FOLDER:
-        import atexit
-        import shutil
+    """The process's folder for fetched objects, made on first use and removed at exit."""
+    import atexit
+    import shutil
 
-        folder = Path(tempfile.mkdtemp(prefix="mipo-fetch-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        _FETCH_FOLDER.append(folder)
-    return _FETCH_FOLDER[0]
+    folder = Path(tempfile.mkdtemp(prefix="mipo-fetch-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def check_writable(url: str, *, key: str) -> None:

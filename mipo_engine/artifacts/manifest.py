@@ -57,11 +57,10 @@ def describe_inputs(paths: dict[str, str | Path | None]) -> list[dict[str, Any]]
     for role, path in paths.items():
         if path is None:
             continue
-        if location.is_url(path):
-            described.append({"role": role, "path": str(path), **location.describe(str(path))})
-            continue
-        path = Path(path)
         entry: dict[str, Any] = {"role": role, "path": str(path)}
+        if location.is_url(path):  # the process's copy, which the stage's reader reuses
+            path = location.fetch(str(path))
+        path = Path(path)
         if path.is_file():
             entry["sha256"] = file_sha256(path)
             entry["bytes"] = path.stat().st_size
