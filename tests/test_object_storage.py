@@ -52,23 +52,31 @@ def _written(client, folder: Path) -> dict[str, bytes]:
     return found
 
 
-def test_generate_and_score_read_and_write_s3_and_never_write_the_credentials(
-    s3, tiny_model_dir, tmp_path
-):
+def _generate_here_and_in(fs, bucket: str, model_dir: Path, tmp_path: Path, seed: int):
+    """The same 4 pairs generated twice: from a local prompts file into a local folder, and
+    from the bucket's copy of that file (``<bucket>/in/``) into ``<bucket>/run/g.parquet``.
+    Returns the local output and the URL, after checking the URL's artifact is complete."""
     prompts = tmp_path / "prompts.parquet"
     result = runner.invoke(app, ["ingest", "builtin:personalization-train", "-o", str(prompts)])
     assert result.exit_code == 0, result.output
-    s3.put(str(prompts), "mipo-test/in/prompts.parquet")
-    settings = ["--model", str(tiny_model_dir), "--seed", "5", "--max-new-tokens", "5"]
+    fs.put(str(prompts), f"{bucket.split('://', 1)[1]}/in/prompts.parquet")
+    settings = ["--model", str(model_dir), "--seed", str(seed), "--max-new-tokens", "5"]
     settings += ["--limit", "4", "--chunk-pairs", "2"]
     local_out = tmp_path / "local" / "g.parquet"
     args = ["generate", "--prompts", str(prompts), "--out", str(local_out), *settings]
     assert runner.invoke(app, args).exit_code == 0
-    url = "s3://mipo-test/run/g.parquet"
-    args = ["generate", "--prompts", "s3://mipo-test/in/prompts.parquet", "--out", url]
+    url = f"{bucket}/run/g.parquet"
+    args = ["generate", "--prompts", f"{bucket}/in/prompts.parquet", "--out", url]
     result = runner.invoke(app, [*args, *settings])
     assert result.exit_code == 0, result.output
     assert is_complete(url)
+    return local_out, url
+
+
+def test_generate_and_score_read_and_write_s3_and_never_write_the_credentials(
+    s3, tiny_model_dir, tmp_path
+):
+    local_out, url = _generate_here_and_in(s3, "s3://mipo-test", tiny_model_dir, tmp_path, 5)
     remote = read_artifact(url, GENERATIONS)
     assert remote.equals(read_artifact(local_out, GENERATIONS))
     manifest = read_manifest(url)
@@ -390,20 +398,7 @@ def gcs():
 
 
 def test_generate_reads_and_writes_gs_urls_like_a_local_run(gcs, tiny_model_dir, tmp_path):
-    prompts = tmp_path / "prompts.parquet"
-    result = runner.invoke(app, ["ingest", "builtin:personalization-train", "-o", str(prompts)])
-    assert result.exit_code == 0, result.output
-    gcs.put(str(prompts), "mipo-gcs/in/prompts.parquet")
-    settings = ["--model", str(tiny_model_dir), "--seed", "8", "--max-new-tokens", "5"]
-    settings += ["--limit", "4", "--chunk-pairs", "2"]
-    local_out = tmp_path / "g.parquet"
-    args = ["generate", "--prompts", str(prompts), "--out", str(local_out), *settings]
-    assert runner.invoke(app, args).exit_code == 0
-    url = "gs://mipo-gcs/run/g.parquet"
-    args = ["generate", "--prompts", "gs://mipo-gcs/in/prompts.parquet", "--out", url]
-    result = runner.invoke(app, [*args, *settings])
-    assert result.exit_code == 0, result.output
-    assert is_complete(url)
+    local_out, url = _generate_here_and_in(gcs, "gs://mipo-gcs", tiny_model_dir, tmp_path, 8)
     assert read_artifact(url, GENERATIONS).equals(read_artifact(local_out, GENERATIONS))
     manifest = read_manifest(url)
     assert manifest["inputs"][0]["path"] == "gs://mipo-gcs/in/prompts.parquet"
