@@ -208,14 +208,6 @@ def _largest(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return probs.topk(k, dim=-1)
 
 
-def outside_top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Mask of the tokens nucleus sampling drops (see ``nucleus``); tokens tied with the
-    last one kept stay too."""
-    probs = torch.softmax(scores, dim=-1)
-    head, _, kept = nucleus(probs, top_p)
-    return probs < head.gather(-1, kept - 1)
-
-
 class _StopOnStrings:
     """Stopping criterion: a row is done once its new text contains a stop string.
 
