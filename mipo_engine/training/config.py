@@ -54,6 +54,11 @@ class TrainConfig(StageConfig):
         128, ge=1, description="Tokens the judge may write before its score."
     )
     """Tokens the judge may write (its feedback, then the ``[RESULT] N`` line)."""
+    judge_reading: Literal["reply", "expected"] = Field(
+        "reply",
+        description="How the judge's score is read: reply (the score its greedy reply states) or "
+        "expected (sum of k * p(k) over its next-token probabilities of 1-5; a judge run here).",
+    )
     judge_weight: float = Field(1.0, description="Weight of the judge in judge+mi.")
     mi_weight: float = Field(1.0, description="Weight of MI in judge+mi.")
     """Weights of ``judge+mi``: judge_weight * judge + mi_weight * mi."""
@@ -176,6 +181,8 @@ class TrainConfig(StageConfig):
         }
         if not self.online:  # the offline identity of earlier versions, so their runs resume
             exclude |= set(ONLINE_FIELDS)
+        if self.judge_reading == "reply":  # the identity of runs from before the setting
+            exclude.add("judge_reading")
         return self.model_dump(mode="json", exclude=exclude)
 
 
@@ -187,6 +194,7 @@ ONLINE_FIELDS = (
     "judge_model",
     "judge_base_url",
     "judge_max_new_tokens",
+    "judge_reading",
     "judge_weight",
     "mi_weight",
     "num_generations",

@@ -232,5 +232,6 @@ def online_reward(config: Any, *, cuda: bool) -> tuple[Reward, list[Any]]:
         mi_weight=config.mi_weight,
         max_length=config.max_length,
         judge_max_new_tokens=config.judge_max_new_tokens,
+        judge_reading=config.judge_reading,
     )
     return reward, list({id(b): b for b in (reference, judge) if b is not None}.values())

@@ -12,7 +12,12 @@ Each reward maps (prompt x, context c, completion y) to a float, for a batch at 
   constrained decoding (``generate_structured``) answer one of "1".."5"; others are read with
   ``parse_score``, and an unreadable reply is asked again up to ``retries`` times. A reply that
   stays unreadable gives ``None`` (the trainer leaves that completion out of this reward) and
-  is counted in ``unparsed`` and kept in ``unparsed_replies``: never a silent 0.
+  is counted in ``unparsed`` and kept in ``unparsed_replies``: never a silent 0. With
+  ``reading="expected"`` (a judge that runs in this process) nothing is generated: the reward
+  is the judge's expected score, sum_k k * p(k) over "1".."5", with p the judge's next-token
+  probabilities at the start of its reply renormalised over those five tokens (the position
+  constrained decoding reads). It is never unreadable, and it ranks replies that a greedy
+  reading scores alike.
 - ``judge+mi`` (RLAIF (MI)): w_judge * judge + w_mi * mi.
 - ``verify`` (RLVR): 1.0 when the completion's final answer equals the gold answer (math: the
   number after ``####`` or the last number; mcq: the stated letter), 0.0 otherwise; for
@@ -24,18 +29,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig
 from mipo_engine.chat import build_messages
 from mipo_engine.evaluation.tasks import grade_math, grade_mcq
 from mipo_engine.judging.constraints import constraint_adherence
 from mipo_engine.judging.scores import parse_score
+from mipo_engine.modeling.tokenization import encode_prompt
 from mipo_engine.templates import render
 from mipo_engine.training.reward_registry import REWARDS, RewardSpec, get_reward_spec  # noqa: F401
 
 SCORE_CHOICES = ("1", "2", "3", "4", "5")
+JUDGE_READINGS = ("reply", "expected")
+JudgeReading = Literal["reply", "expected"]
 
 
 @dataclass(frozen=True)
@@ -119,14 +128,41 @@ def rlaif_messages(item: RewardItem) -> list[dict[str, str]]:
 
 @dataclass
 class JudgeReward(Reward):
-    """A 1-5 judge score per completion (greedy decoding; see the module docstring)."""
+    """A 1-5 judge score per completion: the greedy reply's score, or the expected score
+    (``reading``; see the module docstring)."""
 
     judge: Backend
     retries: int = 1
     max_new_tokens: int = 256
+    reading: JudgeReading = "reply"
     unparsed: int = 0
     unparsed_replies: list[dict[str, str]] = field(default_factory=list)
     name: str = "judge"
+
+    def __post_init__(self) -> None:
+        if self.reading not in JUDGE_READINGS:
+            raise ValueError(
+                f"unknown judge reading {self.reading!r}; choose one of {', '.join(JUDGE_READINGS)}"
+            )
+        if self.reading == "expected" and not self.judge.supports_raw_text:
+            raise ValueError(
+                f"the expected judge reading needs the judge's next-token log-probs, which the "
+                f"{self.judge.name} backend does not give; use a judge model run here (hf, "
+                "vllm) or --judge-reading reply"
+            )
+
+    def expected_scores(self, items: Sequence[RewardItem]) -> list[float]:
+        """sum_k k * p(k), p: the judge's first reply token renormalised over "1".."5"."""
+        tokenizer = self.judge.tokenizer  # type: ignore[attr-defined]
+        choice_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in SCORE_CHOICES]
+        contexts = [encode_prompt(tokenizer, self.judge.render(rlaif_messages(i))) for i in items]
+        values = self.judge.continuation_logprobs(contexts, [choice_ids] * len(items))
+        scores = []
+        for logps in values:
+            top = max(logps)
+            weights = [math.exp(v - top) for v in logps]
+            scores.append(sum(k * w for k, w in enumerate(weights, start=1)) / sum(weights))
+        return scores
 
     def _ask(self, requests: list[GenerationRequest]) -> list[str]:
         sampling = SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=0.0)
@@ -137,6 +173,8 @@ class JudgeReward(Reward):
         return [c.text if c.finish_reason != "error" else "" for c in completions]
 
     def __call__(self, items: Sequence[RewardItem]) -> list[float | None]:
+        if self.reading == "expected":
+            return list(self.expected_scores(items))
         scores: list[float | None] = [None] * len(items)
         replies = [""] * len(items)
         todo = list(range(len(items)))
@@ -217,6 +255,7 @@ def build_reward(
     max_length: int | None = None,
     judge_retries: int = 1,
     judge_max_new_tokens: int = 256,
+    judge_reading: JudgeReading = "reply",
 ) -> Reward:
     """The reward called ``name`` over the given backends."""
     spec = get_reward_spec(name)
@@ -227,15 +266,25 @@ def build_reward(
     if name == "mi":
         return MIReward(reference, max_length=max_length)  # type: ignore[arg-type]
     if name == "judge":
-        return JudgeReward(judge, retries=judge_retries, max_new_tokens=judge_max_new_tokens)  # type: ignore[arg-type]
+        return JudgeReward(
+            judge,  # type: ignore[arg-type]
+            retries=judge_retries,
+            max_new_tokens=judge_max_new_tokens,
+            reading=judge_reading,
+        )
     if name == "judge+mi":
         return WeightedReward(
             name,
             [
                 (
                     judge_weight,
-                    JudgeReward(judge, retries=judge_retries, max_new_tokens=judge_max_new_tokens),
-                ),  # type: ignore[arg-type]
+                    JudgeReward(
+                        judge,  # type: ignore[arg-type]
+                        retries=judge_retries,
+                        max_new_tokens=judge_max_new_tokens,
+                        reading=judge_reading,
+                    ),
+                ),
                 (mi_weight, MIReward(reference, max_length=max_length)),  # type: ignore[arg-type]
             ],
         )
