@@ -124,9 +124,9 @@ def test_judge_reward_uses_constrained_decoding_where_the_backend_offers_it() ->
     assert backend.structured_calls == 1 and reward.unparsed == 0
 
 
-def test_expected_judge_reading_against_a_plain_forward_pass(tiny_model_dir: Path) -> None:
-    """reading="expected": sum_k k * p(k), p the next-token softmax after the chat-rendered
-    judge question, renormalised over the tokens of "1".."5" (one plain forward pass)."""
+def test_expected_judge_reading_against_plain_forward_passes(tiny_model_dir: Path) -> None:
+    """reading="expected": sum_k k * p(k) with p(k) proportional to the probability that the
+    judge's whole reply is "k" (digit, then EOS), from plain forward passes, one per k."""
     from mipo_engine.training.rewards import rlaif_messages
 
     backend = HFBackend(str(tiny_model_dir), device="cpu", dtype="float32", show_progress=False)
@@ -141,17 +141,10 @@ def test_expected_judge_reading_against_a_plain_forward_pass(tiny_model_dir: Pat
 
     expected = []
     for item in items:
-        text = tokenizer.apply_chat_template(
-            rlaif_messages(item), tokenize=False, add_generation_prompt=True
+        logps = torch.tensor(
+            [_plain_logp(model, tokenizer, rlaif_messages(item), d) for d in "12345"]
         )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if ids[:1] != [tokenizer.bos_token_id]:
-            ids = [tokenizer.bos_token_id, *ids]
-        with torch.no_grad():
-            last = model(input_ids=torch.tensor([ids])).logits[0, -1].double()
-        digits = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in "12345"]
-        assert all(len(d) == 1 for d in digits)  # one token each in the test's tokenizer
-        probs = torch.softmax(last[[d[0] for d in digits]], dim=0)
+        probs = torch.softmax(logps, dim=0)
         expected.append(float(sum((k + 1) * probs[k] for k in range(5))))
     assert got == pytest.approx(expected, abs=1e-5)
     assert all(1.0 <= v <= 5.0 for v in got)
@@ -160,12 +153,19 @@ def test_expected_judge_reading_against_a_plain_forward_pass(tiny_model_dir: Pat
     # Built by name, through judge+mi, the same reading reaches the judge part.
     both = build_reward("judge+mi", reference=backend, judge=backend, judge_reading="expected")
     mi = MIReward(backend)(items)
-    assert both(items) == pytest.approx([a + b for a, b in zip(expected, mi)], abs=1e-4)
+    assert both(items) == pytest.approx(
+        [a + b for a, b in zip(expected, mi, strict=True)], abs=1e-4
+    )
 
 
 def test_expected_judge_reading_needs_log_probs() -> None:
-    with pytest.raises(ValueError, match="expected judge reading needs"):
-        JudgeReward(ScriptedBackend(_judge_script), reading="expected")
+    from mipo_engine.backends.base import Backend
+
+    class NoScores(ScriptedBackend):
+        score = Backend.score  # a backend that cannot score text
+
+    with pytest.raises(ValueError, match="expected judge reading needs the judge"):
+        JudgeReward(NoScores(_judge_script), reading="expected")
     with pytest.raises(ValueError, match="unknown judge reading 'mean'"):
         JudgeReward(ScriptedBackend(_judge_script), reading="mean")  # type: ignore[arg-type]
 

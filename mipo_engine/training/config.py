@@ -57,7 +57,7 @@ class TrainConfig(StageConfig):
     judge_reading: Literal["reply", "expected"] = Field(
         "reply",
         description="How the judge's score is read: reply (the score its greedy reply states) or "
-        "expected (sum of k * p(k) over its next-token probabilities of 1-5; a judge run here).",
+        "expected (sum of k * p(k), p(k) the judge's probability of replying exactly k, over 1-5).",
     )
     judge_weight: float = Field(1.0, description="Weight of the judge in judge+mi.")
     mi_weight: float = Field(1.0, description="Weight of MI in judge+mi.")

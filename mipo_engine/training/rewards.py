@@ -13,11 +13,10 @@ Each reward maps (prompt x, context c, completion y) to a float, for a batch at 
   ``parse_score``, and an unreadable reply is asked again up to ``retries`` times. A reply that
   stays unreadable gives ``None`` (the trainer leaves that completion out of this reward) and
   is counted in ``unparsed`` and kept in ``unparsed_replies``: never a silent 0. With
-  ``reading="expected"`` (a judge that runs in this process) nothing is generated: the reward
-  is the judge's expected score, sum_k k * p(k) over "1".."5", with p the judge's next-token
-  probabilities at the start of its reply renormalised over those five tokens (the position
-  constrained decoding reads). It is never unreadable, and it ranks replies that a greedy
-  reading scores alike.
+  ``reading="expected"`` nothing is generated: the reward is the judge's expected score,
+  sum_k k * p(k), with p(k) the judge's probability that its whole reply is "k" (the digit,
+  then the end of its turn; ``Backend.score``), renormalised over "1".."5". It is never
+  unreadable, and it ranks replies that a greedy reading scores alike.
 - ``judge+mi`` (RLAIF (MI)): w_judge * judge + w_mi * mi.
 - ``verify`` (RLVR): 1.0 when the completion's final answer equals the gold answer (math: the
   number after ``####`` or the last number; mcq: the stated letter), 0.0 otherwise; for
@@ -27,9 +26,9 @@ Each reward maps (prompt x, context c, completion y) to a float, for a batch at 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,7 +37,6 @@ from mipo_engine.chat import build_messages
 from mipo_engine.evaluation.tasks import grade_math, grade_mcq
 from mipo_engine.judging.constraints import constraint_adherence
 from mipo_engine.judging.scores import parse_score
-from mipo_engine.modeling.tokenization import encode_prompt
 from mipo_engine.templates import render
 from mipo_engine.training.reward_registry import REWARDS, RewardSpec, get_reward_spec  # noqa: F401
 
@@ -144,21 +142,22 @@ class JudgeReward(Reward):
             raise ValueError(
                 f"unknown judge reading {self.reading!r}; choose one of {', '.join(JUDGE_READINGS)}"
             )
-        if self.reading == "expected" and not self.judge.supports_raw_text:
+        if self.reading == "expected" and type(self.judge).score is Backend.score:
             raise ValueError(
-                f"the expected judge reading needs the judge's next-token log-probs, which the "
-                f"{self.judge.name} backend does not give; use a judge model run here (hf, "
-                "vllm) or --judge-reading reply"
+                f"the expected judge reading needs the judge's log-probabilities, which the "
+                f"{self.judge.name} backend does not give; use --judge-reading reply"
             )
 
     def expected_scores(self, items: Sequence[RewardItem]) -> list[float]:
-        """sum_k k * p(k), p: the judge's first reply token renormalised over "1".."5"."""
-        tokenizer = self.judge.tokenizer  # type: ignore[attr-defined]
-        choice_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in SCORE_CHOICES]
-        contexts = [encode_prompt(tokenizer, self.judge.render(rlaif_messages(i))) for i in items]
-        values = self.judge.continuation_logprobs(contexts, [choice_ids] * len(items))
+        """sum_k k * p(k), p(k): the judge's reply being exactly "k", renormalised over 1-5."""
+        questions = [self.judge.render(rlaif_messages(item)) for item in items]
+        count = len(SCORE_CHOICES)
+        scored = self.judge.score(
+            [q for q in questions for _ in SCORE_CHOICES], list(SCORE_CHOICES) * len(items)
+        )
         scores = []
-        for logps in values:
+        for start in range(0, len(scored), count):
+            logps = [result.logp for result in scored[start : start + count]]
             top = max(logps)
             weights = [math.exp(v - top) for v in logps]
             scores.append(sum(k * w for k, w in enumerate(weights, start=1)) / sum(weights))
