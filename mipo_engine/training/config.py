@@ -15,7 +15,7 @@ from mipo_engine.artifacts.config import StageConfig
 from mipo_engine.commandline import MODEL_HELP, Cli
 from mipo_engine.training.loss_registry import LOSSES
 from mipo_engine.training.method_registry import METHOD_NAMES
-from mipo_engine.training.reward_registry import REWARD_NAMES
+from mipo_engine.training.reward_registry import REWARD_NAMES, JudgeReading
 
 if TYPE_CHECKING:
     from mipo_engine.training.loss_settings import LossSettings
@@ -54,7 +54,7 @@ class TrainConfig(StageConfig):
         128, ge=1, description="Tokens the judge may write before its score."
     )
     """Tokens the judge may write (its feedback, then the ``[RESULT] N`` line)."""
-    judge_reading: Literal["reply", "expected"] = Field(
+    judge_reading: JudgeReading = Field(
         "reply",
         description="How the judge's score is read: reply (the score its greedy reply states) or "
         "expected (sum of k * p(k), p(k) the judge's probability of replying exactly k, over 1-5).",

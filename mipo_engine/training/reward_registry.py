@@ -8,6 +8,11 @@ names here, so listing them imports nothing heavy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
+
+JudgeReading = Literal["reply", "expected"]
+"""How a judge reward reads the judge's score (``training.rewards.JudgeReward``)."""
+JUDGE_READINGS: tuple[str, ...] = get_args(JudgeReading)
 
 
 @dataclass(frozen=True)

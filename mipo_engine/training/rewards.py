@@ -26,23 +26,27 @@ Each reward maps (prompt x, context c, completion y) to a float, for a batch at 
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from mipo_engine.backends.base import Backend, GenerationRequest, SamplingConfig
 from mipo_engine.chat import build_messages
+from mipo_engine.evaluation.stats import letter_probabilities
 from mipo_engine.evaluation.tasks import grade_math, grade_mcq
 from mipo_engine.judging.constraints import constraint_adherence
 from mipo_engine.judging.scores import parse_score
 from mipo_engine.templates import render
-from mipo_engine.training.reward_registry import REWARDS, RewardSpec, get_reward_spec  # noqa: F401
+from mipo_engine.training.reward_registry import (  # noqa: F401
+    JUDGE_READINGS,
+    REWARDS,
+    JudgeReading,
+    RewardSpec,
+    get_reward_spec,
+)
 
 SCORE_CHOICES = ("1", "2", "3", "4", "5")
-JUDGE_READINGS = ("reply", "expected")
-JudgeReading = Literal["reply", "expected"]
 
 
 @dataclass(frozen=True)
@@ -158,9 +162,8 @@ class JudgeReward(Reward):
         scores = []
         for start in range(0, len(scored), count):
             logps = [result.logp for result in scored[start : start + count]]
-            top = max(logps)
-            weights = [math.exp(v - top) for v in logps]
-            scores.append(sum(k * w for k, w in enumerate(weights, start=1)) / sum(weights))
+            probs = letter_probabilities(dict(zip(SCORE_CHOICES, logps, strict=True)))
+            scores.append(sum(int(choice) * p for choice, p in probs.items()))
         return scores
 
     def _ask(self, requests: list[GenerationRequest]) -> list[str]:
@@ -264,27 +267,15 @@ def build_reward(
         raise ValueError(f"the {name} reward needs a judge backend")
     if name == "mi":
         return MIReward(reference, max_length=max_length)  # type: ignore[arg-type]
-    if name == "judge":
-        return JudgeReward(
+    if spec.needs_judge:
+        judge_reward = JudgeReward(
             judge,  # type: ignore[arg-type]
             retries=judge_retries,
             max_new_tokens=judge_max_new_tokens,
             reading=judge_reading,
         )
-    if name == "judge+mi":
-        return WeightedReward(
-            name,
-            [
-                (
-                    judge_weight,
-                    JudgeReward(
-                        judge,  # type: ignore[arg-type]
-                        retries=judge_retries,
-                        max_new_tokens=judge_max_new_tokens,
-                        reading=judge_reading,
-                    ),
-                ),
-                (mi_weight, MIReward(reference, max_length=max_length)),  # type: ignore[arg-type]
-            ],
-        )
+        if name == "judge":
+            return judge_reward
+        mi = MIReward(reference, max_length=max_length)  # type: ignore[arg-type]
+        return WeightedReward(name, [(judge_weight, judge_reward), (mi_weight, mi)])
     return VerifyReward()
