@@ -7,6 +7,10 @@ Seed 004 section 4, Algorithm 1 and Table 5. For every prompt row and pair index
   (the row's ``context_group``; rows without a group share the pool of ungrouped contexts).
 - ``random-prompt``: chosen ~ pi(.|x), rejected ~ pi(.|x'), x' != x (contexts unused).
 - ``prompt``: (x, c) taken together as one prompt unit; rejected ~ pi(.|x', c') for another unit.
+- ``both``: two pairs per prompt row and pair index, one ``missing-context`` and one
+  ``random-context``, sharing the chosen sample (same conditioning, same seed). Each pair is
+  exactly the pair its own strategy plans alone (same seed, same drawn context), under the id
+  ``<id>/missing-context`` or ``<id>/random-context``; its row records its own strategy.
 
 Every random pick comes from a generator seeded by the global seed and the pair id, so the
 plan is the same on every run and for every subset of rows.
@@ -26,6 +30,9 @@ from mipo_engine.chat import Message, build_messages
 from mipo_engine.errors import InputError
 
 NO_NEGATIVE_SOURCE = "none"
+BOTH = "both"
+BOTH_PARTS = ("missing-context", "random-context")
+GENERATION_STRATEGIES = (*STRATEGIES, BOTH)
 
 
 @dataclass(frozen=True)
@@ -66,11 +73,14 @@ def plan_pairs(
     file: str | Path | None = None,
 ) -> list[PairPlan]:
     """The pairs to generate for ``rows`` (dicts in the prompts schema), in row order."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy not in GENERATION_STRATEGIES:
+        raise ValueError(
+            f"unknown strategy {strategy!r}; choose one of {', '.join(GENERATION_STRATEGIES)}"
+        )
     if n_pairs < 1:
         raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
-    needs_context = strategy in ("missing-context", "random-context")
+    parts = BOTH_PARTS if strategy == BOTH else (strategy,)
+    needs_context = strategy in ("missing-context", "random-context", BOTH)
     for number, row in enumerate(rows, start=1):
         if needs_context and not _has_context(row):
             raise InputError(
@@ -79,27 +89,30 @@ def plan_pairs(
                 row=number,
                 field="context",
             )
-    pools = _context_pools(rows) if strategy == "random-context" else {}
+    pools = _context_pools(rows) if "random-context" in parts else {}
     plans = []
     for number, row in enumerate(rows, start=1):
         for k in range(n_pairs):
             pair_id = row["id"] if n_pairs == 1 else f"{row['id']}#{k}"
             pair_seed = derive_seed(seed, pair_id)
-            rng = random.Random(derive_seed(seed, pair_id, "negative"))
-            chosen, rejected, source = _condition(strategy, row, rows, pools, rng, file, number)
-            plans.append(
-                PairPlan(
-                    id=pair_id,
-                    prompt_id=row["id"],
-                    prompt=row["prompt"],
-                    context=row.get("context") if strategy != "random-prompt" else None,
-                    strategy=strategy,
-                    negative_source=source,
-                    chosen_messages=chosen,
-                    rejected_messages=rejected,
-                    seed=pair_seed,
+            for part in parts:
+                part_rng = random.Random(derive_seed(seed, pair_id, "negative"))
+                chosen, rejected, source = _condition(
+                    part, row, rows, pools, part_rng, file, number
                 )
-            )
+                plans.append(
+                    PairPlan(
+                        id=pair_id if len(parts) == 1 else f"{pair_id}/{part}",
+                        prompt_id=row["id"],
+                        prompt=row["prompt"],
+                        context=row.get("context") if part != "random-prompt" else None,
+                        strategy=part,
+                        negative_source=source,
+                        chosen_messages=chosen,
+                        rejected_messages=rejected,
+                        seed=pair_seed,
+                    )
+                )
     return plans
 
 

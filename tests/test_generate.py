@@ -102,6 +102,46 @@ def test_n_pairs(prompts_file, tiny_model_dir, tmp_path):
     assert frame.filter(pl.col("prompt_id") == frame["prompt_id"][0])["chosen"].n_unique() >= 1
 
 
+def test_both_is_the_union_of_the_two_context_strategies_with_one_chosen_sample(
+    prompts_file, tiny_model_dir, tmp_path
+):
+    runs = {
+        strategy: read_artifact(
+            run_generate(
+                _config(
+                    prompts_file,
+                    tmp_path / f"{strategy}.parquet",
+                    tiny_model_dir,
+                    strategy=strategy,
+                    limit=4,
+                    chunk_pairs=4,
+                )
+            ),
+            GENERATIONS,
+        )
+        for strategy in ("both", "missing-context", "random-context")
+    }
+    both = runs["both"]
+    assert both["id"].to_list() == [
+        f"{pid}/{part}"
+        for pid in runs["missing-context"]["id"]
+        for part in ("missing-context", "random-context")
+    ]
+    for part in ("missing-context", "random-context"):
+        own = both.filter(pl.col("strategy") == part).with_columns(
+            pl.col("id").str.replace(f"/{part}", "", literal=True)
+        )
+        assert own.equals(runs[part])  # the same pairs as the strategy run alone
+    # Each prompt's two pairs share the chosen sample, generated once.
+    manifest = read_manifest(tmp_path / "both.parquet")
+    alone = sum(
+        read_manifest(tmp_path / f"{s}.parquet")["stats"]["new_tokens_this_run"]
+        for s in ("missing-context", "random-context")
+    )
+    shared = int(runs["missing-context"]["chosen_tokens"].sum())
+    assert manifest["stats"]["new_tokens_this_run"] == alone - shared
+
+
 def _generate_command(prompts: Path, out: Path, model: Path) -> list[str]:
     return [
         sys.executable,

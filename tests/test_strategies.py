@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mipo_engine.errors import InputError
@@ -91,6 +93,26 @@ def test_n_pairs_gives_distinct_ids_and_seeds(grouped_rows):
     plans = plan_pairs(grouped_rows[:2], "missing-context", n_pairs=3)
     assert [p.id for p in plans] == ["r0#0", "r0#1", "r0#2", "r1#0", "r1#1", "r1#2"]
     assert len({p.seed for p in plans}) == 6
+
+
+def test_both_plans_each_context_strategy_exactly_as_alone(grouped_rows):
+    both = plan_pairs(grouped_rows, "both", seed=5, n_pairs=2)
+    missing = plan_pairs(grouped_rows, "missing-context", seed=5, n_pairs=2)
+    random_context = plan_pairs(grouped_rows, "random-context", seed=5, n_pairs=2)
+    assert len(both) == 2 * len(missing)
+    for index, (m, r) in enumerate(zip(missing, random_context, strict=True)):
+        pair_m, pair_r = both[2 * index], both[2 * index + 1]
+        assert pair_m == dataclasses.replace(m, id=f"{m.id}/missing-context")
+        assert pair_r == dataclasses.replace(r, id=f"{r.id}/random-context")
+        assert pair_m.chosen_messages == pair_r.chosen_messages
+        assert pair_m.chosen_seed == pair_r.chosen_seed
+    assert len({p.id for p in both}) == len(both)
+
+
+def test_both_needs_a_context_on_every_row():
+    with pytest.raises(InputError) as error:
+        plan_pairs([_row(0, "ctx"), _row(1, None)], "both", file="p.parquet")
+    assert error.value.row == 2 and error.value.field == "context"
 
 
 def test_context_strategies_require_a_context_on_every_row():

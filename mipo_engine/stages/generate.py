@@ -43,7 +43,7 @@ from mipo_engine.modelcalls.settings import ServedModelConfig
 from mipo_engine.models import resolve_model
 from mipo_engine.strategies import PairPlan, plan_pairs
 
-Strategy = Literal["missing-context", "random-context", "random-prompt", "prompt"]
+Strategy = Literal["missing-context", "random-context", "random-prompt", "prompt", "both"]
 
 
 class GenerateConfig(ServedModelConfig):
@@ -51,7 +51,7 @@ class GenerateConfig(ServedModelConfig):
     out: Annotated[Location, Cli("--out", "-o")] = Field(description="Output generations .parquet.")
     strategy: Strategy = Field(
         "missing-context",
-        description="Negative strategy: missing-context (rejected without the user context), random-context (rejected with another user's context), random-prompt (rejected answers another prompt), prompt ((prompt, context) as one unit, rejected from another unit).",
+        description="Negative strategy: missing-context (rejected without the user context), random-context (rejected with another user's context), random-prompt (rejected answers another prompt), prompt ((prompt, context) as one unit, rejected from another unit), both (a missing-context and a random-context pair sharing the chosen response).",
     )
     n_pairs: int = Field(1, ge=1, description="Pairs to generate per prompt row.")
     max_new_tokens: int = Field(256, ge=1, description="Maximum new tokens per response.")
@@ -75,11 +75,13 @@ class GenerationFailed(MipoError):
 
 
 def _pair_rows(
-    backend: Backend, plans: list[PairPlan], completions: list[Completion], config: GenerateConfig
+    backend: Backend,
+    plans: list[PairPlan],
+    completions: list[tuple[Completion, Completion]],
+    config: GenerateConfig,
 ) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
     rows, failures = [], []
-    for index, plan in enumerate(plans):
-        chosen, rejected = completions[2 * index], completions[2 * index + 1]
+    for plan, (chosen, rejected) in zip(plans, completions, strict=True):
         failed = [c for c in (chosen, rejected) if c.finish_reason == "error"]
         if failed:
             failures.append((plan.id, failed[0].error or "generation failed"))
@@ -112,12 +114,24 @@ def _generate_chunk(
     model: BackendHandle, chunk: list[PairPlan], *, sampling: SamplingConfig, config: GenerateConfig
 ) -> tuple[pl.DataFrame, list[tuple[str, str]], int]:
     """One chunk's pair rows, failed pairs and new tokens (runs where the model lives)."""
-    requests = []
-    for plan in chunk:
-        requests.append(GenerationRequest(plan.id, plan.chosen_messages, plan.chosen_seed))
+    requests: list[GenerationRequest] = []
+    slots: list[tuple[int, int]] = []  # (chosen, rejected) request index of each pair
+    for index, plan in enumerate(chunk):
+        previous = chunk[index - 1] if index else None
+        if (
+            previous is not None
+            and previous.chosen_seed == plan.chosen_seed
+            and previous.chosen_messages == plan.chosen_messages
+        ):
+            chosen = slots[-1][0]  # strategy "both": the two pairs share one chosen sample
+        else:
+            chosen = len(requests)
+            requests.append(GenerationRequest(plan.id, plan.chosen_messages, plan.chosen_seed))
         requests.append(GenerationRequest(plan.id, plan.rejected_messages, plan.rejected_seed))
+        slots.append((chosen, len(requests) - 1))
     completions = model.get().generate(requests, sampling)
-    frame, failures = _pair_rows(model.get(), chunk, completions, config)
+    pairs = [(completions[c], completions[r]) for c, r in slots]
+    frame, failures = _pair_rows(model.get(), chunk, pairs, config)
     return frame, failures, sum(c.num_tokens for c in completions)
 
 
